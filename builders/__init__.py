@@ -1,0 +1,166 @@
+"""Builders turn inputs into one artefact directory with a manifest; they never time or score.
+
+A builder is one module here, named after it (`ort-int8-dynamic` -> `ort_int8_dynamic.py`), with one
+params dataclass and one function registered with `@builder(...)`. Modules import torch/onnx lazily.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import pkgutil
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quantmatrix.errors import ArtifactError, QuantmatrixError
+from quantmatrix.hardware import fingerprint
+from quantmatrix.plan import REFERENCE, BuildJob, build_jobs
+from quantmatrix.records import Manifest
+from quantmatrix.spec import Matrix, ModelSpec, VariantSpec, parse_params
+from quantmatrix.store import Store, now_iso
+
+
+@dataclass(frozen=True)
+class Input:
+    manifest: Manifest
+    path: Path
+
+    def file(self, name: str | None = None) -> Path:
+        rel = name or self.manifest.entry
+        if rel is None:
+            raise ArtifactError(f"artefact {self.manifest.key}: manifest names no entry file")
+        return self.path / rel
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """Everything a builder may read; it writes only under `out`."""
+
+    out: Path
+    matrix: Matrix
+    model: ModelSpec
+    variant: VariantSpec
+    inputs: Mapping[str, Input]
+    log: Callable[[str], None] = print
+
+    @property
+    def source(self) -> Input:
+        return self.inputs["source"]
+
+    @property
+    def reference(self) -> Input:
+        return self.inputs["reference"]
+
+    @functools.cached_property
+    def data(self) -> Any:
+        from quantmatrix.data import load_dataset
+
+        return load_dataset(self.matrix.dataset_for(self.model), base_dir=self.matrix.path.parent)
+
+    def manifest(self, *, format: str, precision: str, params: Any = None, **fields: Any) -> Manifest:
+        """A manifest pre-filled from the context and the source artefact (label map, tokenizer, I/O)."""
+        src = self.inputs.get("source")
+        base: dict[str, Any] = {}
+        if src is not None:
+            m = src.manifest
+            base = {"id2label": m.id2label, "tokenizer": m.tokenizer, "io_inputs": m.io_inputs,
+                    "io_outputs": m.io_outputs, "random_init": m.random_init, "task": m.task}
+        base.update(fields)
+        base.setdefault("task", self.model.task)
+        return Manifest(
+            key="", builder=self.variant.builder, variant=self.variant.name, model=self.model.name,
+            params=asdict(params) if params is not None else dict(self.variant.params),
+            inputs={role: i.manifest.key for role, i in self.inputs.items()},
+            format=format, precision=precision, environment=fingerprint(), created=now_iso(), **base,
+        )
+
+
+@dataclass(frozen=True)
+class BuilderInfo:
+    name: str
+    params: type
+    output_format: str
+    device: str
+    fn: Callable[[BuildContext, Any], Manifest] = field(repr=False)
+
+
+_REGISTRY: dict[str, BuilderInfo] = {}
+
+
+def builder(name: str, *, params: type, output_format: str, device: str = "cpu") -> Callable[..., Any]:
+    """Register a build function under `name` (must match its module's file name)."""
+
+    def wrap(fn: Callable[[BuildContext, Any], Manifest]) -> Callable[[BuildContext, Any], Manifest]:
+        module = fn.__module__.rsplit(".", 1)[-1]
+        if module.replace("_", "-") != name:
+            raise RuntimeError(f"builder {name!r} must live in builders/{name.replace('-', '_')}.py, not {module}")
+        _REGISTRY[name] = BuilderInfo(name=name, params=params, output_format=output_format, device=device, fn=fn)
+        return fn
+
+    return wrap
+
+
+def registry() -> Mapping[str, BuilderInfo]:
+    """All builders, by importing every module in this package (cheap: heavy imports are lazy)."""
+    for mod in pkgutil.iter_modules(__path__):
+        if not mod.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{mod.name}")
+    return dict(_REGISTRY)
+
+
+def run_job(matrix: Matrix, job: BuildJob, store: Store, *, log: Callable[[str], None] = print,
+            force: bool = False) -> Manifest:
+    """Build one job whose inputs exist; a failure is recorded as a `failed` manifest and re-raised."""
+    info = registry()[job.builder]
+    model = matrix.models[job.model]
+    variant = (VariantSpec(name=REFERENCE, builder=REFERENCE, source="") if job.variant == REFERENCE
+               else matrix.variants[job.variant])
+    params = parse_params(info.params, variant.params, f"{matrix.path}: variants.{variant.name}.params")
+    inputs = {}
+    for role, key in job.inputs.items():
+        try:
+            inputs[role] = Input(manifest=store.load(key, verify=False), path=store.path(key))
+        except ArtifactError as e:
+            raise ArtifactError(f"{job.name}: input {role!r} is not available: {e}") from None
+
+    def produce(out: Path) -> Manifest:
+        ctx = BuildContext(out=out, matrix=matrix, model=model, variant=variant, inputs=inputs, log=log)
+        t0 = time.perf_counter()
+        manifest = info.fn(ctx, params)
+        manifest.build_seconds = round(time.perf_counter() - t0, 3)
+        return manifest
+
+    try:
+        return store.build(job.key, produce, force=force)
+    except Exception as e:
+        reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+        store.record_failure(Manifest(
+            key=job.key, builder=job.builder, variant=job.variant, model=job.model, inputs=job.inputs,
+            format="none", precision="n/a", task=model.task, status="failed", reason=reason,
+            environment=fingerprint(), created=now_iso(), extra={"traceback": traceback.format_exc()[-4000:]},
+        ))
+        raise
+
+
+def build_with_deps(matrix: Matrix, model: str, variants: tuple[str, ...], store: Store, *,
+                    log: Callable[[str], None] = print, force: bool = False) -> dict[str, Manifest]:
+    """Build the reference and `variants` (and what they start from) in-process, in order."""
+    done: dict[str, Manifest] = {}
+    for job in build_jobs(matrix, model, variants):
+        cached = store.lookup(job.key)
+        if cached is not None and not force:
+            log(f"[cached] {job.name} ({job.key})")
+            done[job.variant] = cached
+            continue
+        log(f"[build ] {job.name} ({job.key})")
+        done[job.variant] = run_job(matrix, job, store, log=log, force=force)
+        log(f"[ done ] {job.name} in {done[job.variant].build_seconds:.1f}s")
+    return done
+
+
+__all__ = ["BuildContext", "BuilderInfo", "Input", "QuantmatrixError", "builder", "build_with_deps", "registry",
+           "run_job"]

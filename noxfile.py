@@ -1,0 +1,71 @@
+"""quantmatrix sessions: `nox -l` lists them. Dependency groups come from pyproject.toml.
+
+Importing this file must stay cheap: no torch, no builders, no CUDA.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+PYTHON = "3.11"
+
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["tests", "lint"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+def _install(session: nox.Session, *groups: str) -> None:
+    """Install dependency groups (pip upgraded first: old pip backtracks for minutes) and the project."""
+    session.install("pip>=26")
+    requirements: list[str] = []
+    for group in groups:
+        requirements += nox.project.dependency_groups(PYPROJECT, group)
+    session.install(*dict.fromkeys(requirements))
+    session.install("-e", ".", "--no-deps")
+
+
+@nox.session(python=PYTHON, tags=["ci"])
+def tests(session: nox.Session) -> None:
+    """Run the unit and integration tests (tiny models, no Docker needed); args go to pytest."""
+    _install(session, "test")
+    args = session.posargs or ["-m", "not gpu and not docker"]
+    session.run("pytest", *args, env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+
+
+@nox.session(python=PYTHON, tags=["ci"])
+def lint(session: nox.Session) -> None:
+    """Check code style (ruff check + format --check) and types of the core package (mypy)."""
+    _install(session, "lint")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def reference(session: nox.Session) -> None:
+    """Fine-tune the FP32 reference (default model: minilm) and print its test macro-F1."""
+    _install(session, "cpu")
+    args = session.posargs or ["--model", "minilm"]
+    session.run("python", "-m", "builders", "reference", *args, env={"HF_HUB_OFFLINE": "1"})
+
+
+@nox.session(python=PYTHON)
+def report(session: nox.Session) -> None:
+    """Render site/ from every result JSON under results/ (or the directories given as args)."""
+    _install(session, "report")
+    dirs = session.posargs or ["results"]
+    session.run("python", "-m", "report", *dirs, "--out", "site")
+
+
+@nox.session(python=False)
+def clean(session: nox.Session) -> None:
+    """Remove generated artefacts, results and site (asks nothing: use with care)."""
+    for name in ("artifacts", "site"):
+        if (ROOT / name).exists():
+            shutil.rmtree(ROOT / name)
+            session.log(f"removed {name}/")

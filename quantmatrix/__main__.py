@@ -1,0 +1,79 @@
+"""`python -m quantmatrix`: small core utilities.
+
+    python -m quantmatrix schemas [--check]     write (or check) schemas/*.schema.json
+    python -m quantmatrix check [matrix.toml]   validate the matrix and print its profiles
+    python -m quantmatrix fingerprint           print this machine's fingerprint as JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from quantmatrix.errors import QuantmatrixError
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+
+
+def schemas(check: bool) -> int:
+    from quantmatrix.records import atomic_write_text, json_schemas, render_schema
+
+    stale = []
+    for name, schema in json_schemas().items():
+        path = SCHEMA_DIR / name
+        text = render_schema(schema)
+        if check:
+            if not path.is_file() or path.read_text() != text:
+                stale.append(str(path))
+        else:
+            atomic_write_text(path, text)
+            print(f"wrote {path}")
+    if stale:
+        print(f"out of date: {', '.join(stale)}; run `python -m quantmatrix schemas`", file=sys.stderr)
+        return 1
+    return 0
+
+
+def check(path: Path) -> int:
+    from quantmatrix.spec import load_matrix
+
+    try:
+        import builders
+        import runners
+
+        known_b, known_r = builders.registry(), runners.registry()
+    except ImportError:  # core installed alone: structure is still checked
+        known_b = known_r = None
+    matrix = load_matrix(path, builders=known_b, backends=known_r)
+    for p in matrix.profiles.values():
+        print(f"{p.name}: models={list(p.models)} variants={len(p.variants)} runners={list(p.runners)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m quantmatrix", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("schemas")
+    s.add_argument("--check", action="store_true")
+    c = sub.add_parser("check")
+    c.add_argument("matrix", nargs="?", type=Path, default=Path("matrix.toml"))
+    sub.add_parser("fingerprint")
+    args = ap.parse_args(argv)
+    try:
+        if args.command == "schemas":
+            return schemas(args.check)
+        if args.command == "check":
+            return check(args.matrix)
+        from quantmatrix.hardware import fingerprint
+
+        print(fingerprint().model_dump_json(indent=2))
+        return 0
+    except QuantmatrixError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

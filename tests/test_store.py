@@ -1,0 +1,84 @@
+"""Artefact store: keys, reuse of complete artefacts, detection of partial or tampered ones."""
+
+from __future__ import annotations
+
+import pytest
+
+from quantmatrix.errors import ArtifactError
+from quantmatrix.hardware import fingerprint
+from quantmatrix.records import Manifest
+from quantmatrix.store import Store, artifact_key, now_iso
+
+
+def _manifest() -> Manifest:
+    return Manifest(key="", builder="b", variant="v", model="m", format="onnx", precision="int8",
+                    task="text-classification", environment=fingerprint(), created=now_iso())
+
+
+def _writer(calls: list[int]):
+    def produce(out):
+        calls.append(1)
+        (out / "model.onnx").write_bytes(b"x" * 100)
+        return _manifest()
+
+    return produce
+
+
+def test_key_is_stable_and_sensitive():
+    k = artifact_key("v", "b", {"a": 1, "b": 2}, {"source": "s"}, "code1")
+    assert k == artifact_key("v", "b", {"b": 2, "a": 1}, {"source": "s"}, "code1")
+    assert k.startswith("v-")
+    assert k != artifact_key("v", "b", {"a": 1, "b": 3}, {"source": "s"}, "code1")
+    assert k != artifact_key("v", "b", {"a": 1, "b": 2}, {"source": "t"}, "code1")
+    assert k != artifact_key("v", "b", {"a": 1, "b": 2}, {"source": "s"}, "code2")
+
+
+def test_complete_artefact_is_reused(tmp_path):
+    store, calls = Store(tmp_path), []
+    m1 = store.build("k1", _writer(calls))
+    m2 = store.build("k1", _writer(calls))
+    assert len(calls) == 1 and m1 == m2
+    assert [f.path for f in m1.files] == ["model.onnx"] and m1.files[0].size == 100
+
+
+def test_partial_artefact_is_rebuilt(tmp_path):
+    store, calls = Store(tmp_path), []
+    store.build("k1", _writer(calls))
+    (tmp_path / "k1" / "model.onnx").write_bytes(b"x" * 10)  # truncated, as by a crash mid-copy
+    assert store.lookup("k1") is None
+    with pytest.raises(ArtifactError, match="model.onnx has 10 bytes, manifest says 100"):
+        store.load("k1")
+    store.build("k1", _writer(calls))
+    assert len(calls) == 2 and store.lookup("k1", verify=True) is not None
+
+
+def test_tampered_file_fails_verification(tmp_path):
+    store = Store(tmp_path)
+    store.build("k1", _writer([]))
+    (tmp_path / "k1" / "model.onnx").write_bytes(b"y" * 100)
+    assert store.lookup("k1") is not None  # size check only
+    with pytest.raises(ArtifactError, match="sha256 does not match"):
+        store.load("k1", verify=True)
+
+
+def test_crash_inside_builder_leaves_nothing(tmp_path):
+    store = Store(tmp_path)
+
+    def boom(out):
+        (out / "half.bin").write_bytes(b"1")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        store.build("k1", boom)
+    assert not (tmp_path / "k1").exists() and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_leftover_temp_dirs_are_cleaned(tmp_path):
+    (tmp_path / ".tmp-k1-123").mkdir(parents=True)
+    assert Store(tmp_path).clean_partials() == [tmp_path / ".tmp-k1-123"]
+
+
+def test_manifest_without_files_dir_is_missing(tmp_path):
+    (tmp_path / "k2").mkdir()
+    with pytest.raises(ArtifactError, match="manifest.json: file not found"):
+        Store(tmp_path).load("k2")
