@@ -54,14 +54,6 @@ def reference(session: nox.Session) -> None:
     session.run("python", "-m", "builders", "reference", *args, env={"HF_HUB_OFFLINE": "1"})
 
 
-@nox.session(python=PYTHON)
-def report(session: nox.Session) -> None:
-    """Render site/ from every result JSON under results/ (or the directories given as args)."""
-    _install(session, "report")
-    dirs = session.posargs or ["results"]
-    session.run("python", "-m", "report", *dirs, "--out", "site")
-
-
 @nox.session(python=False)
 def clean(session: nox.Session) -> None:
     """Remove generated artefacts, results and site (asks nothing: use with care)."""

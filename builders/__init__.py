@@ -67,15 +67,28 @@ class BuildContext:
         base: dict[str, Any] = {}
         if src is not None:
             m = src.manifest
-            base = {"id2label": m.id2label, "tokenizer": m.tokenizer, "io_inputs": m.io_inputs,
-                    "io_outputs": m.io_outputs, "random_init": m.random_init, "task": m.task}
+            base = {
+                "id2label": m.id2label,
+                "tokenizer": m.tokenizer,
+                "io_inputs": m.io_inputs,
+                "io_outputs": m.io_outputs,
+                "random_init": m.random_init,
+                "task": m.task,
+            }
         base.update(fields)
         base.setdefault("task", self.model.task)
         return Manifest(
-            key="", builder=self.variant.builder, variant=self.variant.name, model=self.model.name,
+            key="",
+            builder=self.variant.builder,
+            variant=self.variant.name,
+            model=self.model.name,
             params=asdict(params) if params is not None else dict(self.variant.params),
             inputs={role: i.manifest.key for role, i in self.inputs.items()},
-            format=format, precision=precision, environment=fingerprint(), created=now_iso(), **base,
+            format=format,
+            precision=precision,
+            environment=fingerprint(),
+            created=now_iso(),
+            **base,
         )
 
 
@@ -112,14 +125,18 @@ def registry() -> Mapping[str, BuilderInfo]:
     return dict(_REGISTRY)
 
 
-def run_job(matrix: Matrix, job: BuildJob, store: Store, *, log: Callable[[str], None] = print,
-            force: bool = False) -> Manifest:
+def run_job(
+    matrix: Matrix, job: BuildJob, store: Store, *, log: Callable[[str], None] = print, force: bool = False
+) -> Manifest:
     """Build one job whose inputs exist; a failure is recorded as a `failed` manifest and re-raised."""
     info = registry()[job.builder]
     model = matrix.models[job.model]
-    variant = (VariantSpec(name=REFERENCE, builder=REFERENCE, source="") if job.variant == REFERENCE
-               else matrix.variants[job.variant])
-    params = parse_params(info.params, variant.params, f"{matrix.path}: variants.{variant.name}.params")
+    variant = (
+        VariantSpec(name=REFERENCE, builder=REFERENCE, source="")
+        if job.variant == REFERENCE
+        else matrix.variants[job.variant]
+    )
+    params: Any = parse_params(info.params, variant.params, f"{matrix.path}: variants.{variant.name}.params")
     inputs = {}
     for role, key in job.inputs.items():
         try:
@@ -138,16 +155,35 @@ def run_job(matrix: Matrix, job: BuildJob, store: Store, *, log: Callable[[str],
         return store.build(job.key, produce, force=force)
     except Exception as e:
         reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
-        store.record_failure(Manifest(
-            key=job.key, builder=job.builder, variant=job.variant, model=job.model, inputs=job.inputs,
-            format="none", precision="n/a", task=model.task, status="failed", reason=reason,
-            environment=fingerprint(), created=now_iso(), extra={"traceback": traceback.format_exc()[-4000:]},
-        ))
+        store.record_failure(
+            Manifest(
+                key=job.key,
+                builder=job.builder,
+                variant=job.variant,
+                model=job.model,
+                inputs=job.inputs,
+                format="none",
+                precision="n/a",
+                task=model.task,
+                status="failed",
+                reason=reason,
+                environment=fingerprint(),
+                created=now_iso(),
+                extra={"traceback": traceback.format_exc()[-4000:]},
+            )
+        )
         raise
 
 
-def build_with_deps(matrix: Matrix, model: str, variants: tuple[str, ...], store: Store, *,
-                    log: Callable[[str], None] = print, force: bool = False) -> dict[str, Manifest]:
+def build_with_deps(
+    matrix: Matrix,
+    model: str,
+    variants: tuple[str, ...],
+    store: Store,
+    *,
+    log: Callable[[str], None] = print,
+    force: bool = False,
+) -> dict[str, Manifest]:
     """Build the reference and `variants` (and what they start from) in-process, in order."""
     done: dict[str, Manifest] = {}
     for job in build_jobs(matrix, model, variants):
@@ -162,5 +198,13 @@ def build_with_deps(matrix: Matrix, model: str, variants: tuple[str, ...], store
     return done
 
 
-__all__ = ["BuildContext", "BuilderInfo", "Input", "QuantmatrixError", "builder", "build_with_deps", "registry",
-           "run_job"]
+__all__ = [
+    "BuildContext",
+    "BuilderInfo",
+    "Input",
+    "QuantmatrixError",
+    "build_with_deps",
+    "builder",
+    "registry",
+    "run_job",
+]

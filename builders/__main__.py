@@ -1,9 +1,9 @@
 """`python -m builders`: build the FP32 reference or any variant of the matrix in this process.
 
-    python -m builders reference [--model minilm]          fine-tune + save the reference, print F1
-    python -m builders build --model M --variant V [...]   build variants (and what they need)
-    python -m builders job --model M --variant V           build one job whose inputs exist (containers)
-    python -m builders list                                the registered builders
+python -m builders reference [--model minilm]          fine-tune + save the reference, print F1
+python -m builders build --model M --variant V [...]   build variants (and what they need)
+python -m builders job --model M --variant V           build one job whose inputs exist (containers)
+python -m builders list                                the registered builders
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from quantmatrix.store import Store
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m builders", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m builders", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("command", choices=["reference", "build", "job", "list"])
     ap.add_argument("--matrix", type=Path, default=Path("matrix.toml"))
     ap.add_argument("--artifacts", type=Path, default=Path("artifacts"))
@@ -41,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         store = Store(args.artifacts)
         store.clean_partials()
         if args.command == "job":
-            jobs = {j.variant: j for j in build_jobs(matrix, args.model, tuple(v for v in args.variant
-                                                                                if v != REFERENCE))}
+            jobs = {
+                j.variant: j for j in build_jobs(matrix, args.model, tuple(v for v in args.variant if v != REFERENCE))
+            }
             for name in args.variant or [REFERENCE]:
                 job = jobs[name]
                 if store.lookup(job.key) is None or args.force:
@@ -56,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
             m = ref.metrics
             print(f"reference {args.model}: {store.path(ref.key)}")
             if "test_macro_f1" in m:
-                print(f"test macro-F1 {m['test_macro_f1']:.4f}  accuracy {m['test_accuracy']:.4f}  "
-                      f"(validation macro-F1 {m['validation_macro_f1']:.4f}; fine-tune {m['train_seconds']:.1f}s)")
+                print(
+                    f"test macro-F1 {m['test_macro_f1']:.4f}  accuracy {m['test_accuracy']:.4f}  "
+                    f"(validation macro-F1 {m['validation_macro_f1']:.4f}; fine-tune {m['train_seconds']:.1f}s)"
+                )
         return 0
     except QuantmatrixError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,15 +1,17 @@
 """`python -m quantmatrix`: small core utilities.
 
-    python -m quantmatrix schemas [--check]     write (or check) schemas/*.schema.json
-    python -m quantmatrix check [matrix.toml]   validate the matrix and print its profiles
-    python -m quantmatrix fingerprint           print this machine's fingerprint as JSON
+python -m quantmatrix schemas [--check]     write (or check) schemas/*.schema.json
+python -m quantmatrix check [matrix.toml]   validate the matrix and print its profiles
+python -m quantmatrix fingerprint           print this machine's fingerprint as JSON
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from quantmatrix.errors import QuantmatrixError
 
@@ -42,7 +44,8 @@ def check(path: Path) -> int:
         import builders
         import runners
 
-        known_b, known_r = builders.registry(), runners.registry()
+        known_b: Mapping[str, Any] | None = builders.registry()
+        known_r: Mapping[str, Any] | None = runners.registry()
     except ImportError:  # core installed alone: structure is still checked
         known_b = known_r = None
     matrix = load_matrix(path, builders=known_b, backends=known_r)
@@ -52,8 +55,9 @@ def check(path: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m quantmatrix", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m quantmatrix", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="command", required=True)
     s = sub.add_parser("schemas")
     s.add_argument("--check", action="store_true")

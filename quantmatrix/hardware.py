@@ -18,13 +18,45 @@ from pathlib import Path
 from quantmatrix.records import Fingerprint
 
 # ISA features that decide which INT8/FP16 kernels a CPU can use.
-ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-             "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "asimd",
-             "asimddp", "sve", "i8mm")
+ISA_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "asimd",
+    "asimddp",
+    "sve",
+    "i8mm",
+)
 
-KEY_PACKAGES = ("torch", "torchao", "onnx", "onnxruntime", "onnxruntime-gpu", "optimum", "optimum-onnx",
-                "transformers", "peft", "tokenizers", "numpy", "tensorrt", "pycuda", "bitsandbytes",
-                "quantmatrix")
+KEY_PACKAGES = (
+    "torch",
+    "torchao",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "optimum",
+    "optimum-onnx",
+    "transformers",
+    "peft",
+    "tokenizers",
+    "numpy",
+    "tensorrt",
+    "pycuda",
+    "bitsandbytes",
+    "quantmatrix",
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,10 +145,19 @@ def git_commit(root: Path = REPO_ROOT) -> tuple[str | None, bool | None]:
     if not shutil.which("git"):
         return None, None
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip() != ""
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = (
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
+            != ""
+        )
         return commit or None, dirty
     except (subprocess.SubprocessError, OSError):
         return None, None
@@ -124,14 +165,23 @@ def git_commit(root: Path = REPO_ROOT) -> tuple[str | None, bool | None]:
 
 def gpu_info() -> dict[str, str | None]:
     """Name, driver, CUDA version and compute capability from nvidia-smi, without touching CUDA."""
-    empty: dict[str, str | None] = {"gpu_name": None, "gpu_driver": None, "cuda_version": None,
-                                    "compute_capability": None}
+    empty: dict[str, str | None] = {
+        "gpu_name": None,
+        "gpu_driver": None,
+        "cuda_version": None,
+        "compute_capability": None,
+    }
     smi = shutil.which("nvidia-smi")
     if not smi:
         return empty
     try:
-        out = subprocess.run([smi, "--query-gpu=name,driver_version,compute_cap", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
+        out = subprocess.run(
+            [smi, "--query-gpu=name,driver_version,compute_cap", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
         header = subprocess.run([smi], capture_output=True, text=True, timeout=10).stdout
     except (subprocess.SubprocessError, OSError):
         return empty
@@ -140,10 +190,12 @@ def gpu_info() -> dict[str, str | None]:
     cuda = None
     if "CUDA Version:" in header:
         cuda = header.split("CUDA Version:")[1].split()[0].strip("|")
-    return {"gpu_name": parts[0] if parts else None,
-            "gpu_driver": parts[1] if len(parts) > 1 else None,
-            "cuda_version": cuda,
-            "compute_capability": parts[2] if len(parts) > 2 else None}
+    return {
+        "gpu_name": parts[0] if parts else None,
+        "gpu_driver": parts[1] if len(parts) > 1 else None,
+        "cuda_version": cuda,
+        "compute_capability": parts[2] if len(parts) > 2 else None,
+    }
 
 
 @functools.cache
@@ -170,7 +222,7 @@ def fingerprint(image: str | None = None, runtime: str = "local") -> Fingerprint
         git_dirty=dirty,
         tensorrt_version=packages.get("tensorrt"),
         image=image or os.environ.get("QUANTMATRIX_IMAGE"),
-        runtime=runtime if runtime in ("docker", "venv", "local") else "local",  # type: ignore[arg-type]
+        runtime=runtime if runtime in ("docker", "venv", "local") else "local",
         **gpu,
     )
 

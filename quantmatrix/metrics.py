@@ -26,8 +26,7 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_labels: int) ->
     return cm
 
 
-def quality(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
-            labels: Sequence[str]) -> Quality:
+def quality(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, labels: Sequence[str]) -> Quality:
     """Accuracy, macro-F1 over all labels (absent classes count as F1 0 only if predicted), P/R/F1."""
     t = np.asarray(y_true, dtype=np.int64)
     p = np.asarray(y_pred, dtype=np.int64)
@@ -46,16 +45,23 @@ def quality(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarr
         accuracy=float((t == p).mean()) if t.size else 0.0,
         macro_f1=macro,
         per_class={
-            name: ClassMetrics(precision=float(precision[i]), recall=float(recall[i]), f1=float(f1[i]),
-                               support=int(support[i]))
+            name: ClassMetrics(
+                precision=float(precision[i]), recall=float(recall[i]), f1=float(f1[i]), support=int(support[i])
+            )
             for i, name in enumerate(labels)
         },
         confusion=cm.tolist(),
     )
 
 
-def agreement(reference: np.ndarray, variant: np.ndarray, texts: Sequence[str], y_true: Sequence[int],
-              labels: Sequence[str], worst: int = 10) -> Agreement:
+def agreement(
+    reference: np.ndarray,
+    variant: np.ndarray,
+    texts: Sequence[str],
+    y_true: Sequence[int],
+    labels: Sequence[str],
+    worst: int = 10,
+) -> Agreement:
     """Top-1 agreement, mean KL(reference || variant) of softmax, max |Δlogit|, and the worst examples."""
     if reference.shape != variant.shape:
         raise ValueError(f"logit shapes differ: reference {reference.shape}, variant {variant.shape}")
@@ -65,8 +71,14 @@ def agreement(reference: np.ndarray, variant: np.ndarray, texts: Sequence[str], 
     top_ref, top_var = reference.argmax(-1), variant.argmax(-1)
     order = np.lexsort((-kl, top_ref == top_var))  # flips first, then by KL
     worst_rows = [
-        WorstExample(text=texts[i], label=labels[int(y_true[i])], reference_top=labels[int(top_ref[i])],
-                     variant_top=labels[int(top_var[i])], kl=float(kl[i]), max_abs_dlogit=float(dlogit[i]))
+        WorstExample(
+            text=texts[i],
+            label=labels[int(y_true[i])],
+            reference_top=labels[int(top_ref[i])],
+            variant_top=labels[int(top_var[i])],
+            kl=float(kl[i]),
+            max_abs_dlogit=float(dlogit[i]),
+        )
         for i in order[:worst]
     ]
     return Agreement(

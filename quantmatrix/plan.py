@@ -44,8 +44,13 @@ def _code_version(builder: str, root: Path) -> str:
 
 
 def _model_identity(matrix: Matrix, model: ModelSpec, root: Path) -> dict[str, object]:
-    ident: dict[str, object] = {"source": model.source, "task": model.task, "max_length": model.max_length,
-                                "finetune": vars(model.finetune), "seed": matrix.seed}
+    ident: dict[str, object] = {
+        "source": model.source,
+        "task": model.task,
+        "max_length": model.max_length,
+        "finetune": vars(model.finetune),
+        "seed": matrix.seed,
+    }
     if model.dataset is not None:
         ds = matrix.datasets[model.dataset]
         ident["dataset"] = vars(ds)
@@ -59,8 +64,14 @@ def build_jobs(matrix: Matrix, model_name: str, variants: tuple[str, ...], root:
     """Jobs for the reference and every listed variant (plus the variants they start from), in order."""
     model = matrix.models[model_name]
     jobs: dict[str, BuildJob] = {}
-    ref_key = artifact_key(f"{model_name}.{REFERENCE}", REFERENCE, {}, {},
-                           _code_version(REFERENCE, root), extra=_model_identity(matrix, model, root))
+    ref_key = artifact_key(
+        f"{model_name}.{REFERENCE}",
+        REFERENCE,
+        {},
+        {},
+        _code_version(REFERENCE, root),
+        extra=_model_identity(matrix, model, root),
+    )
     jobs[REFERENCE] = BuildJob(model=model_name, variant=REFERENCE, builder=REFERENCE, key=ref_key)
 
     def add(name: str) -> BuildJob:

@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from quantmatrix.errors import RecordError
 
-MANIFEST_VERSION = 1
-RESULT_VERSION = 1
+MANIFEST_VERSION: Literal[1] = 1
+RESULT_VERSION: Literal[1] = 1
 
 Status = Literal["ok", "failed", "skipped"]
 Verdict = Literal["pass", "drift", "fail", "skipped", "failed", "reference", "n/a"]
@@ -208,7 +208,7 @@ class Result(Record):
 
 R = TypeVar("R", bound=Record)
 
-_VERSIONS = {Manifest: MANIFEST_VERSION, Result: RESULT_VERSION}
+_VERSIONS: dict[type[Record], int] = {Manifest: MANIFEST_VERSION, Result: RESULT_VERSION}
 
 
 def atomic_write_text(path: Path, text: str) -> None:

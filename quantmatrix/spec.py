@@ -147,9 +147,7 @@ class Matrix:
 
     def profile(self, name: str) -> ProfileSpec:
         if name not in self.profiles:
-            raise SpecError(
-                f"{self.path}: unknown profile {name!r}; expected one of {sorted(self.profiles)}"
-            )
+            raise SpecError(f"{self.path}: unknown profile {name!r}; expected one of {sorted(self.profiles)}")
         return self.profiles[name]
 
     def dataset_for(self, model: ModelSpec) -> DatasetSpec:
@@ -208,8 +206,14 @@ class _Reader:
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-             list: "a list", dict: "a table"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        list: "a list",
+        dict: "a table",
+    }
     kinds = kind if isinstance(kind, tuple) else (kind,)
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
@@ -336,8 +340,12 @@ def parse_matrix(
             raise ft.fail("method", f"expected 'lora' or 'full', got {finetune.method!r}")
         ft.done()
         models[name] = ModelSpec(
-            name=name, source=source, task=task, dataset=dataset,
-            max_length=r.get("max_length", int, 128), finetune=finetune,
+            name=name,
+            source=source,
+            task=task,
+            dataset=dataset,
+            max_length=r.get("max_length", int, 128),
+            finetune=finetune,
         )
         r.done()
 
@@ -372,8 +380,11 @@ def parse_matrix(
         if builders is not None and getattr(builders[builder], "params", None) is not None:
             parse_params(builders[builder].params, params, f"{path}: variants.{name}.params")
         variants[name] = VariantSpec(
-            name=name, builder=builder, params=params,
-            source=r.get("from", str, "reference"), runners=r.names("runners", ()),
+            name=name,
+            builder=builder,
+            params=params,
+            source=r.get("from", str, "reference"),
+            runners=r.names("runners", ()),
         )
         r.done()
     for v in variants.values():
@@ -412,9 +423,16 @@ def parse_matrix(
     root.done()
     if not profiles:
         raise SpecError(f"{path}: profiles: at least one profile is required")
-    return Matrix(path=path, seed=seed, datasets=datasets, models=models, variants=variants,
-                  runners=runners, profiles=profiles, thresholds=thresholds)
-
+    return Matrix(
+        path=path,
+        seed=seed,
+        datasets=datasets,
+        models=models,
+        variants=variants,
+        runners=runners,
+        profiles=profiles,
+        thresholds=thresholds,
+    )
 
 
 def parse_params(kind: type[T], values: Mapping[str, Any], where: str) -> T:

@@ -52,11 +52,22 @@ def code_digest(paths: Iterable[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def artifact_key(variant: str, builder: str, params: Mapping[str, Any], inputs: Mapping[str, str],
-                 code_version: str, extra: Mapping[str, Any] | None = None) -> str:
+def artifact_key(
+    variant: str,
+    builder: str,
+    params: Mapping[str, Any],
+    inputs: Mapping[str, str],
+    code_version: str,
+    extra: Mapping[str, Any] | None = None,
+) -> str:
     """`<variant>-<16 hex>`: readable in a directory listing, unique by content."""
-    body = {"builder": builder, "params": dict(params), "inputs": dict(inputs),
-            "code": code_version, "extra": dict(extra or {})}
+    body = {
+        "builder": builder,
+        "params": dict(params),
+        "inputs": dict(inputs),
+        "code": code_version,
+        "extra": dict(extra or {}),
+    }
     return f"{variant}-{digest(body)[:16]}"
 
 
@@ -64,8 +75,7 @@ def list_files(root: Path) -> list[FileEntry]:
     entries = []
     for p in sorted(root.rglob("*")):
         if p.is_file() and p.name != MANIFEST:
-            entries.append(FileEntry(path=p.relative_to(root).as_posix(), sha256=sha256_file(p),
-                                     size=p.stat().st_size))
+            entries.append(FileEntry(path=p.relative_to(root).as_posix(), sha256=sha256_file(p), size=p.stat().st_size))
     return entries
 
 

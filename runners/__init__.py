@@ -22,7 +22,7 @@ from quantmatrix.records import Manifest
 _NOT_BACKENDS = {"measure", "guard", "job", "peak", "inputs"}
 
 
-class Skip(Exception):  # noqa: N818 - a control-flow signal, not an error
+class Skip(Exception):
     """Raised by `load` when this machine cannot run the cell (no GPU, backend not installed...)."""
 
 
@@ -59,8 +59,9 @@ class RunnerInfo:
 _REGISTRY: dict[str, RunnerInfo] = {}
 
 
-def runner(backend: str, *, params: type, formats: tuple[str, ...], devices: tuple[str, ...] = ("cpu",)
-           ) -> Callable[..., Any]:
+def runner(
+    backend: str, *, params: type, formats: tuple[str, ...], devices: tuple[str, ...] = ("cpu",)
+) -> Callable[..., Any]:
     """Register a `load(request) -> Session` function for `backend` (must match its module name)."""
 
     def wrap(fn: Callable[[LoadRequest], Session]) -> Callable[[LoadRequest], Session]:

@@ -18,11 +18,13 @@ def test_fingerprint_has_machine_facts():
 
 
 def test_importing_core_and_noxfile_does_not_import_torch(repo):
-    code = ("import sys, quantmatrix.spec, quantmatrix.records, quantmatrix.store, quantmatrix.hardware, "
-            "quantmatrix.plan, quantmatrix.metrics, quantmatrix.hf, builders, runners; builders.registry(); "
-            "runners.registry(); quantmatrix.hardware.fingerprint(); import runpy; "
-            "runpy.run_path('noxfile.py'); "
-            "bad = [m for m in ('torch', 'onnxruntime', 'tensorrt', 'transformers') if m in sys.modules]; "
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, quantmatrix.spec, quantmatrix.records, quantmatrix.store, quantmatrix.hardware, "
+        "quantmatrix.plan, quantmatrix.metrics, quantmatrix.hf, builders, runners; builders.registry(); "
+        "runners.registry(); quantmatrix.hardware.fingerprint(); import runpy; "
+        "runpy.run_path('noxfile.py'); "
+        "bad = [m for m in ('torch', 'onnxruntime', 'tensorrt', 'transformers') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

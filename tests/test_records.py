@@ -26,10 +26,19 @@ from quantmatrix.store import now_iso
 
 
 def make_manifest() -> Manifest:
-    return Manifest(key="m.v-0123", builder="reference", variant="reference", model="m", format="torch",
-                    precision="fp32", task="text-classification", id2label={"0": "a", "1": "b"},
-                    io_inputs=[TensorSpec(name="input_ids", dtype="int64", shape=["batch", "sequence"])],
-                    environment=fingerprint(), created=now_iso())
+    return Manifest(
+        key="m.v-0123",
+        builder="reference",
+        variant="reference",
+        model="m",
+        format="torch",
+        precision="fp32",
+        task="text-classification",
+        id2label={"0": "a", "1": "b"},
+        io_inputs=[TensorSpec(name="input_ids", dtype="int64", shape=["batch", "sequence"])],
+        environment=fingerprint(),
+        created=now_iso(),
+    )
 
 
 def make_result() -> Result:
@@ -38,11 +47,26 @@ def make_result() -> Result:
     ref = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 0.9]])
     var = np.array([[1.5, 0.1], [0.2, 1.0], [0.8, 1.0]])
     return Result(
-        run_id="r1", status="ok", verdict="pass", fingerprint=fingerprint(), started=now_iso(), finished=now_iso(),
-        cell=Cell(model="m", variant="v", runner="ort", backend="onnxruntime", precision="int8", device="cpu",
-                  batch_size=1, seq_mode="padded", seq_len=128),
-        latency=Latency(samples=[1.0, 2.0], p50=1.5, p90=1.9, p99=2.0, mean=1.5, stdev=0.7, min=1.0, max=2.0,
-                        iterations=2, warmup=1),
+        run_id="r1",
+        status="ok",
+        verdict="pass",
+        fingerprint=fingerprint(),
+        started=now_iso(),
+        finished=now_iso(),
+        cell=Cell(
+            model="m",
+            variant="v",
+            runner="ort",
+            backend="onnxruntime",
+            precision="int8",
+            device="cpu",
+            batch_size=1,
+            seq_mode="padded",
+            seq_len=128,
+        ),
+        latency=Latency(
+            samples=[1.0, 2.0], p50=1.5, p90=1.9, p99=2.0, mean=1.5, stdev=0.7, min=1.0, max=2.0, iterations=2, warmup=1
+        ),
         quality=quality([0, 1, 0], var.argmax(-1), ["a", "b"]),
         agreement=agreement(ref, var, ["x", "y", "z"], [0, 1, 0], ["a", "b"]),
     )

@@ -107,7 +107,9 @@ class _Params:
 
 
 def test_parse_params_types_and_errors():
-    p = parse_params(_Params, {"per_channel": True, "ratio": 2, "ops": ["Gemm"], "limit": 3}, "m.toml: variants.x.params")
+    p = parse_params(
+        _Params, {"per_channel": True, "ratio": 2, "ops": ["Gemm"], "limit": 3}, "m.toml: variants.x.params"
+    )
     assert p == _Params(per_channel=True, ratio=2.0, ops=("Gemm",), limit=3)
     with pytest.raises(SpecError, match=r"variants.x.params.per_channel: expected true or false, got str"):
         parse_params(_Params, {"per_channel": "yes"}, "m.toml: variants.x.params")
@@ -121,8 +123,9 @@ def test_parse_params_types_and_errors():
 
 def test_cli_check_prints_one_line_error_and_no_traceback(write_matrix, repo):
     path = write_matrix(GOOD.replace('dataset = "d"', 'dataset = "missing"'))
-    proc = subprocess.run([sys.executable, "-m", "quantmatrix", "check", str(path)], cwd=repo,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "quantmatrix", "check", str(path)], cwd=repo, capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "models.m.dataset" in proc.stderr

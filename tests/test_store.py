@@ -11,8 +11,17 @@ from quantmatrix.store import Store, artifact_key, now_iso
 
 
 def _manifest() -> Manifest:
-    return Manifest(key="", builder="b", variant="v", model="m", format="onnx", precision="int8",
-                    task="text-classification", environment=fingerprint(), created=now_iso())
+    return Manifest(
+        key="",
+        builder="b",
+        variant="v",
+        model="m",
+        format="onnx",
+        precision="int8",
+        task="text-classification",
+        environment=fingerprint(),
+        created=now_iso(),
+    )
 
 
 def _writer(calls: list[int]):
@@ -46,7 +55,7 @@ def test_partial_artefact_is_rebuilt(tmp_path):
     store.build("k1", _writer(calls))
     (tmp_path / "k1" / "model.onnx").write_bytes(b"x" * 10)  # truncated, as by a crash mid-copy
     assert store.lookup("k1") is None
-    with pytest.raises(ArtifactError, match="model.onnx has 10 bytes, manifest says 100"):
+    with pytest.raises(ArtifactError, match=r"model\.onnx has 10 bytes, manifest says 100"):
         store.load("k1")
     store.build("k1", _writer(calls))
     assert len(calls) == 2 and store.lookup("k1", verify=True) is not None
@@ -80,5 +89,5 @@ def test_leftover_temp_dirs_are_cleaned(tmp_path):
 
 def test_manifest_without_files_dir_is_missing(tmp_path):
     (tmp_path / "k2").mkdir()
-    with pytest.raises(ArtifactError, match="manifest.json: file not found"):
+    with pytest.raises(ArtifactError, match=r"manifest\.json: file not found"):
         Store(tmp_path).load("k2")

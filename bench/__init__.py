@@ -1,0 +1,203 @@
+"""Orchestration: plan a matrix profile into build and run jobs, launch each in isolation, summarise.
+
+The same job commands (`python -m builders job ...`, `python -m runners job ...`) run in every
+runtime; only the launcher differs (a subprocess in this venv, or a `docker run --rm`).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from quantmatrix.errors import SpecError
+from quantmatrix.plan import REFERENCE, build_jobs
+from quantmatrix.spec import Matrix
+from quantmatrix.store import Store
+
+LOG_TAIL = 3000
+
+
+@dataclass
+class Job:
+    """One isolated unit of work. `argv` is run as `python <argv>` by a launcher."""
+
+    kind: str  # "build" | "run"
+    name: str
+    argv: list[str]
+    deps: list[str] = field(default_factory=list)
+    key: str | None = None  # build jobs: artefact key
+    model: str = ""
+    variant: str = ""
+    runner: str = ""
+    device: str = "cpu"
+    network: bool = False  # builders may need PyPI-free network (never hubs); runners never
+    state: str = "queued"
+    seconds: float = 0.0
+    reason: str = ""
+    log_tail: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    jobs: list[Job]
+    cells: int  # result cells the run jobs will write
+
+    def by_name(self) -> dict[str, Job]:
+        return {j.name: j for j in self.jobs}
+
+
+def plan(
+    matrix: Matrix,
+    profile: str,
+    device: str,
+    *,
+    builder_formats: Mapping[str, str],
+    backend_formats: Mapping[str, Sequence[str]],
+    run_id: str,
+    matrix_arg: str = "matrix.toml",
+    artifacts_arg: str = "artifacts",
+    results_arg: str = "results",
+) -> Plan:
+    """All jobs for `profile` on `device`: builds (deduplicated by key) then one run job per variant x runner."""
+    prof = matrix.profile(profile)
+    runners = [matrix.runners[r] for r in prof.runners if matrix.runners[r].device == device]
+    common = ["--matrix", matrix_arg, "--artifacts", artifacts_arg]
+    jobs: list[Job] = []
+    build_names: dict[tuple[str, str], str] = {}
+    cells = 0
+    per_run = len(prof.measure.batch_sizes) * len(prof.measure.seq_modes)
+    for model in prof.models:
+        for b in build_jobs(matrix, model, prof.variants):
+            name = f"build {model}/{b.variant}"
+            build_names[(model, b.variant)] = name
+            jobs.append(
+                Job(
+                    kind="build",
+                    name=name,
+                    key=b.key,
+                    model=model,
+                    variant=b.variant,
+                    device=device,
+                    argv=["-m", "builders", "job", *common, "--model", model, "--variant", b.variant],
+                    deps=[build_names[(model, d)] for d in b.deps],
+                )
+            )
+        for variant in (REFERENCE, *prof.variants):
+            v = matrix.variants.get(variant)
+            builder = v.builder if v else REFERENCE
+            fmt = builder_formats.get(builder)
+            if fmt is None:
+                raise SpecError(f"{matrix.path}: variants.{variant}.builder: unknown builder {builder!r}")
+            for r in runners:
+                if v is not None and v.runners and r.name not in v.runners:
+                    continue
+                if fmt not in backend_formats.get(r.backend, ()):
+                    continue
+                if variant == REFERENCE and r.backend != "torch" and r.backend != "null":
+                    continue
+                jobs.append(
+                    Job(
+                        kind="run",
+                        name=f"run {model}/{variant} on {r.name}",
+                        model=model,
+                        variant=variant,
+                        runner=r.name,
+                        device=device,
+                        deps=[build_names[(model, variant)]],
+                        argv=[
+                            "-m",
+                            "runners",
+                            "job",
+                            *common,
+                            "--results",
+                            results_arg,
+                            "--profile",
+                            profile,
+                            "--model",
+                            model,
+                            "--variant",
+                            variant,
+                            "--runner",
+                            r.name,
+                            "--run-id",
+                            run_id,
+                        ],
+                    )
+                )
+                cells += per_run
+    return Plan(jobs=jobs, cells=cells)
+
+
+class Launcher:
+    """Runs one job's argv in isolation; returns (exit code, combined output)."""
+
+    name = "local"
+
+    def describe(self) -> str:
+        return self.name
+
+    def launch(self, job: Job, timeout: float) -> tuple[int, str]:
+        try:
+            proc = subprocess.run([sys.executable, *job.argv], capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+            return 124, out
+        return proc.returncode, proc.stdout + proc.stderr
+
+
+def exit_reason(code: int, timeout: float) -> str:
+    if code == 124:
+        return f"timed out after {timeout:.0f}s"
+    if code in (137, -9):
+        return "killed: out of memory (exit 137)"
+    if code < 0:
+        return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def execute(
+    plan_: Plan, launcher: Launcher, store: Store, *, timeout: float = 3600, log: Callable[[str], None] = print
+) -> list[Job]:
+    """Run jobs in dependency order. A failed build fails its dependants' runs with its reason; others go on."""
+    jobs = plan_.jobs
+    by_name = plan_.by_name()
+    store.clean_partials()
+    total = len(jobs)
+    t_start = time.perf_counter()
+    for i, job in enumerate(jobs, 1):
+        failed_deps = [d for d in job.deps if by_name[d].state == "failed"]
+        if job.kind == "build" and not failed_deps and store.lookup(job.key or "") is not None:
+            job.state = "cached"
+        elif failed_deps and job.kind == "build":
+            job.state, job.reason = "failed", f"needs {failed_deps[0]}, which failed"
+        else:
+            # run jobs with failed builds still launch: they write `failed` results saying why.
+            log(_line(i, total, job, "running", t_start))
+            t0 = time.perf_counter()
+            code, output = launcher.launch(job, timeout)
+            job.seconds = time.perf_counter() - t0
+            job.log_tail = output[-LOG_TAIL:]
+            if code == 0:
+                job.state = "done"
+            else:
+                job.state = "failed"
+                last = [ln for ln in output.strip().splitlines() if ln.strip()]
+                job.reason = f"{exit_reason(code, timeout)}: {last[-1][:300] if last else 'no output'}"
+        log(_line(i, total, job, job.state, t_start))
+    return jobs
+
+
+def _bar(done: int, total: int, width: int = 20) -> str:
+    filled = round(width * done / max(1, total))
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+def _line(i: int, total: int, job: Job, state: str, t_start: float) -> str:
+    elapsed = time.perf_counter() - t_start
+    took = f" {job.seconds:6.1f}s" if state in ("done", "failed") else ""
+    extra = f"  {job.reason}" if state == "failed" and job.reason else ""
+    bar = _bar(i if state != "running" else i - 1, total)
+    return f"{bar} {i:3}/{total} {state:8}{took} {job.name}{extra}  (t+{elapsed:.0f}s)"

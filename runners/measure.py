@@ -1,0 +1,157 @@
+"""The measurement protocol, shared by every runner: timing loops, scoring from logits, verdicts.
+
+Model-agnostic (like MLPerf LoadGen): it times any `predict` callable on prepared inputs and scores
+saved logits; it knows nothing about backends.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from quantmatrix.metrics import percentile_summary
+from quantmatrix.records import Agreement, Latency, Quality
+from quantmatrix.spec import MeasureSpec, Thresholds
+
+Batch = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Tokenised batches of the test split for one (batch size, sequence mode) cell."""
+
+    batch_size: int
+    seq_mode: str
+    batches: tuple[dict[str, np.ndarray], ...]
+
+    @property
+    def seq_len(self) -> int:
+        """The mean sequence length over the timed batches (the padded length when padded)."""
+        return round(float(np.mean([b["input_ids"].shape[1] for b in self.batches])))
+
+    @property
+    def tokens_per_call(self) -> float:
+        return float(np.mean([b["input_ids"].size for b in self.batches]))
+
+
+def tokenise(
+    tokenizer: object,
+    texts: Sequence[str],
+    input_names: Sequence[str],
+    batch_size: int,
+    seq_mode: str,
+    padded_length: int,
+    max_batches: int | None = None,
+) -> Inputs:
+    """Fixed batches in test-split order: padded to `padded_length`, or to each batch's longest text."""
+    batches = []
+    limit = len(texts) if max_batches is None else min(len(texts), max_batches * batch_size)
+    for i in range(0, limit - batch_size + 1, batch_size):
+        chunk = list(texts[i : i + batch_size])
+        if seq_mode == "padded":
+            enc = tokenizer(
+                chunk,
+                padding="max_length",
+                truncation=True,
+                max_length=padded_length,  # type: ignore[operator]
+                return_tensors="np",
+            )
+        else:
+            enc = tokenizer(
+                chunk,
+                padding=True,
+                truncation=True,
+                max_length=padded_length,  # type: ignore[operator]
+                return_tensors="np",
+            )
+        batches.append({name: np.ascontiguousarray(enc[name], dtype=np.int64) for name in input_names})
+    if not batches:
+        raise ValueError(f"need at least {batch_size} texts to form one batch, got {len(texts)}")
+    return Inputs(batch_size=batch_size, seq_mode=seq_mode, batches=tuple(batches))
+
+
+def time_predict(predict: Callable[[Batch], object], inputs: Inputs, spec: MeasureSpec) -> Latency:
+    """Warm up, then time calls until both `min_iterations` and `min_seconds` are reached.
+
+    Batches are cycled in a fixed order so every variant sees the same inputs. GC is paused in the
+    timed loop so a collection does not land in one backend's samples and not another's.
+    """
+    batches = inputs.batches
+    for i in range(spec.warmup):
+        predict(batches[i % len(batches)])
+    samples: list[float] = []
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        start = time.perf_counter_ns()
+        i = 0
+        while True:
+            batch = batches[i % len(batches)]
+            t0 = time.perf_counter_ns()
+            predict(batch)
+            samples.append((time.perf_counter_ns() - t0) / 1e6)
+            i += 1
+            elapsed = (time.perf_counter_ns() - start) / 1e9
+            if (i >= spec.min_iterations and elapsed >= spec.min_seconds) or elapsed >= spec.max_seconds:
+                break
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    s = percentile_summary(samples)
+    return Latency(samples=[round(x, 5) for x in samples], iterations=len(samples), warmup=spec.warmup, **s)
+
+
+def predict_all(
+    predict: Callable[[Batch], np.ndarray],
+    tokenizer: object,
+    texts: Sequence[str],
+    input_names: Sequence[str],
+    max_length: int,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """Logits for every text (natural-length batches; the last batch may be short)."""
+    out = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(
+            list(texts[i : i + batch_size]),
+            padding=True,
+            truncation=True,
+            max_length=max_length,  # type: ignore[operator]
+            return_tensors="np",
+        )
+        out.append(
+            np.asarray(
+                predict({n: np.ascontiguousarray(enc[n], dtype=np.int64) for n in input_names}), dtype=np.float32
+            )
+        )
+    return np.concatenate(out)
+
+
+def verdict(quality: Quality, agreement: Agreement, reference: Quality, thresholds: Thresholds) -> str:
+    """pass / drift / fail by the matrix thresholds, relative to the FP32 reference's macro-F1."""
+    ratio = quality.macro_f1 / reference.macro_f1 if reference.macro_f1 > 0 else 0.0
+    if ratio < thresholds.fail_f1_ratio:
+        return "fail"
+    if ratio >= thresholds.pass_f1_ratio and agreement.top1 >= thresholds.pass_agreement:
+        return "pass"
+    return "drift"
+
+
+def encoder_ops(arch: Mapping[str, int], batch: int, seq: float) -> float:
+    """Counted operations (2 per multiply-accumulate) of one BERT-style encoder forward pass."""
+    h, inter, layers, labels = (
+        arch["hidden_size"],
+        arch["intermediate_size"],
+        arch["num_hidden_layers"],
+        arch["num_labels"],
+    )
+    tokens = batch * seq
+    dense = 4 * h * h + 2 * h * inter  # Q, K, V, O projections + FFN in/out, per token
+    attention = 2 * seq * h  # QK^T and AV, per token
+    head = h * h + h * labels  # pooler + classifier, per sequence
+    return 2.0 * (layers * tokens * (dense + attention) + batch * head)

@@ -1,0 +1,89 @@
+"""ONNX Runtime runner: CPU (threads, spinning, graph optimisation explicit) and CUDA/TensorRT EPs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from runners import LoadRequest, Skip, runner
+
+_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+
+
+@dataclass(frozen=True)
+class OrtParams:
+    provider: Literal["cpu", "cuda", "tensorrt"] = "cpu"
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    allow_spinning: bool = True
+    execution_mode: Literal["sequential", "parallel"] = "sequential"
+    threads: int = 0
+    trt_fp16: bool = True
+
+
+class OrtSession:
+    def __init__(self, session: Any, options: dict[str, Any]) -> None:
+        self._session = session
+        self.input_names = tuple(i.name for i in session.get_inputs())
+        self._output = session.get_outputs()[0].name
+        self._options = options
+
+    def predict(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        # Bound by name: the feed is a dict keyed by the model's own input names.
+        return self._session.run([self._output], {k: inputs[k] for k in self.input_names})[0]
+
+    def options(self) -> dict[str, Any]:
+        return dict(self._options)
+
+
+@runner("onnxruntime", params=OrtParams, formats=("onnx",), devices=("cpu", "cuda"))
+def load(request: LoadRequest) -> OrtSession:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise Skip("onnxruntime is not installed") from None
+    p: OrtParams = request.params
+    providers: list[Any] = ["CPUExecutionProvider"]
+    if p.provider == "cuda":
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    elif p.provider == "tensorrt":
+        providers = [
+            ("TensorrtExecutionProvider", {"trt_fp16_enable": p.trt_fp16}),
+            "CUDAExecutionProvider",
+            "CPUExecutionProvider",
+        ]
+    wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+    if wanted not in ort.get_available_providers():
+        raise Skip(f"{wanted} is not available in this onnxruntime build ({ort.get_available_providers()})")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = request.threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[p.graph_optimization])
+    so.execution_mode = (
+        ort.ExecutionMode.ORT_PARALLEL if p.execution_mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
+    )
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if p.allow_spinning else "0")
+    entry = request.path / (request.manifest.entry or "model.onnx")
+    session = ort.InferenceSession(str(entry), sess_options=so, providers=providers)
+    used = session.get_providers()[0]
+    if used != wanted:
+        raise Skip(f"{wanted} could not be initialised (fell back to {used})")
+    return OrtSession(
+        session,
+        {
+            "provider": used,
+            "graph_optimization": p.graph_optimization,
+            "allow_spinning": p.allow_spinning,
+            "execution_mode": p.execution_mode,
+            "intra_op_threads": request.threads,
+            "inter_op_threads": 1,
+            "onnxruntime": ort.__version__,
+        },
+    )

@@ -1,0 +1,75 @@
+"""This machine's measured GEMM peak (FP32 and INT8 ops/s), the roof for the roofline chart.
+
+FP32 uses torch.mm (MKL/oneDNN); INT8 uses ONNX Runtime's MatMulInteger, the fastest INT8 GEMM
+reachable on CPU here (torch._int_mm has no fast CPU kernel). Cached per machine in a JSON file.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from quantmatrix.records import atomic_write_text
+
+SIZE = 1024
+SECONDS = 1.0
+
+
+def _rate(fn: Callable[[], object], ops: float, seconds: float = SECONDS) -> float:
+    fn()
+    best = 0.0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        fn()
+        best = max(best, ops / (time.perf_counter() - t0))
+    return best
+
+
+def fp32_peak(n: int = SIZE) -> float:
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return _rate(lambda: torch.mm(a, b), 2.0 * n**3)
+
+
+def int8_peak(n: int = SIZE) -> float:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["c"])],
+        "gemm",
+        [
+            helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n]),
+            helper.make_tensor_value_info("b", TensorProto.INT8, [n, n]),
+        ],
+        [helper.make_tensor_value_info("c", TensorProto.INT32, [n, n])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feed = {"a": rng.integers(0, 255, (n, n), dtype=np.uint8), "b": rng.integers(-127, 127, (n, n), dtype=np.int8)}
+    return _rate(lambda: sess.run(None, feed), 2.0 * n**3)
+
+
+def machine_peak(cache_dir: Path, machine_id: str) -> dict[str, float]:
+    """{'fp32': ops/s, 'int8': ops/s}, measured once per machine and cached."""
+    path = cache_dir / f"peak-{machine_id}.json"
+    if path.is_file():
+        try:
+            return {k: float(v) for k, v in json.loads(path.read_text()).items()}
+        except (ValueError, AttributeError):
+            pass
+    peaks: dict[str, float] = {}
+    for kind, fn in (("fp32", fp32_peak), ("int8", int8_peak)):
+        try:
+            peaks[kind] = fn()
+        except ImportError:
+            continue
+    atomic_write_text(path, json.dumps(peaks, indent=2))
+    return peaks
