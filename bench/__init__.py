@@ -60,8 +60,15 @@ def plan(
     matrix_arg: str = "matrix.toml",
     artifacts_arg: str = "artifacts",
     results_arg: str = "results",
+    repeats: int | None = None,
 ) -> Plan:
-    """All jobs for `profile` on `device`: builds (deduplicated by key) then one run job per variant x runner."""
+    """All jobs for `profile` on `device`: builds, then run jobs in interleaved rounds.
+
+    Each round runs every (variant, runner) pair once, in the same order, so a machine that slows
+    down part-way through affects every variant alike; `repeats` rounds (default: the profile's)
+    give each cell that many independent measurements. The null runner (harness overhead) runs
+    on the reference only: it never touches the model, so once per model says all.
+    """
     prof = matrix.profile(profile)
     runners = [matrix.runners[r] for r in prof.runners if matrix.runners[r].device == device]
     common = ["--matrix", matrix_arg, "--artifacts", artifacts_arg]
@@ -69,6 +76,8 @@ def plan(
     build_names: dict[tuple[str, str], str] = {}
     cells = 0
     per_run = len(prof.measure.batch_sizes) * len(prof.measure.seq_modes)
+    rounds = repeats or prof.measure.repeats
+    pairs: list[tuple[str, str, str]] = []  # (model, variant, runner)
     for model in prof.models:
         for b in build_jobs(matrix, model, prof.variants):
             name = f"build {model}/{b.variant}"
@@ -96,38 +105,46 @@ def plan(
                     continue
                 if fmt not in backend_formats.get(r.backend, ()):
                     continue
-                if variant == REFERENCE and r.backend != "torch" and r.backend != "null":
+                if variant == REFERENCE and r.backend not in ("torch", "null"):
                     continue
-                jobs.append(
-                    Job(
-                        kind="run",
-                        name=f"run {model}/{variant} on {r.name}",
-                        model=model,
-                        variant=variant,
-                        runner=r.name,
-                        device=device,
-                        deps=[build_names[(model, variant)]],
-                        argv=[
-                            "-m",
-                            "runners",
-                            "job",
-                            *common,
-                            "--results",
-                            results_arg,
-                            "--profile",
-                            profile,
-                            "--model",
-                            model,
-                            "--variant",
-                            variant,
-                            "--runner",
-                            r.name,
-                            "--run-id",
-                            run_id,
-                        ],
-                    )
+                if variant != REFERENCE and r.backend == "null":
+                    continue
+                pairs.append((model, variant, r.name))
+    for repeat in range(rounds):
+        for model, variant, runner in pairs:
+            tag = f" (round {repeat + 1}/{rounds})" if rounds > 1 else ""
+            jobs.append(
+                Job(
+                    kind="run",
+                    name=f"run {model}/{variant} on {runner}{tag}",
+                    model=model,
+                    variant=variant,
+                    runner=runner,
+                    device=device,
+                    deps=[build_names[(model, variant)]],
+                    argv=[
+                        "-m",
+                        "runners",
+                        "job",
+                        *common,
+                        "--results",
+                        results_arg,
+                        "--profile",
+                        profile,
+                        "--model",
+                        model,
+                        "--variant",
+                        variant,
+                        "--runner",
+                        runner,
+                        "--run-id",
+                        run_id,
+                        "--repeat",
+                        str(repeat),
+                    ],
                 )
-                cells += per_run
+            )
+            cells += per_run
     return Plan(jobs=jobs, cells=cells)
 
 

@@ -27,15 +27,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", type=Path, default=Path("results"))
     ap.add_argument("--run-id", default=None, help="default: <profile>-<device>-<machine id> (reruns resume)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per job")
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default: the profile's)")
     args = ap.parse_args(argv)
 
     import builders
     import runners
     from bench import Launcher, execute, plan
-    from bench.summary import summarise
     from quantmatrix.hardware import describe, fingerprint
     from quantmatrix.spec import load_matrix
     from quantmatrix.store import Store
+    from quantmatrix.summary import load_results, render_text, summarise
 
     try:
         b, r = builders.registry(), runners.registry()
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             matrix_arg=str(args.matrix),
             artifacts_arg=str(args.artifacts),
             results_arg=str(args.results),
+            repeats=args.repeats,
         )
         print(f"machine: {describe(fp)}")
         print(
@@ -61,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         jobs = execute(p, Launcher(), Store(args.artifacts), timeout=args.timeout)
         print(f"\nfinished in {time.perf_counter() - t0:.0f}s")
-        print(summarise(args.results / run_id))
+        results, errors = load_results([args.results / run_id])
+        print(render_text(summarise(results)))
+        for line in errors:
+            print(f"unreadable result: {line}", file=sys.stderr)
         failed = [j for j in jobs if j.state == "failed"]
         for j in failed:
             print(f"FAILED {j.name}: {j.reason}", file=sys.stderr)

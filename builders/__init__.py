@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quantmatrix.errors import ArtifactError, QuantmatrixError
+from quantmatrix.errors import ArtifactError
 from quantmatrix.hardware import fingerprint
 from quantmatrix.plan import REFERENCE, BuildJob, build_jobs
 from quantmatrix.records import Manifest
@@ -183,28 +183,33 @@ def build_with_deps(
     *,
     log: Callable[[str], None] = print,
     force: bool = False,
+    failures: dict[str, str] | None = None,
 ) -> dict[str, Manifest]:
-    """Build the reference and `variants` (and what they start from) in-process, in order."""
+    """Build the reference and `variants` (and what they start from) in-process, in order.
+
+    With a `failures` dict, a failing build is recorded there (variant -> reason) and the others go
+    on, except those that start from it; without one, the first failure is raised.
+    """
     done: dict[str, Manifest] = {}
     for job in build_jobs(matrix, model, variants):
+        missing = [d for d in job.deps if d not in done]
+        if missing and failures is not None:
+            failures[job.variant] = f"not built: needs {', '.join(missing)}, which failed"
+            log(f"[skip  ] {job.name}: {failures[job.variant]}")
+            continue
         cached = store.lookup(job.key)
         if cached is not None and not force:
             log(f"[cached] {job.name} ({job.key})")
             done[job.variant] = cached
             continue
         log(f"[build ] {job.name} ({job.key})")
-        done[job.variant] = run_job(matrix, job, store, log=log, force=force)
+        try:
+            done[job.variant] = run_job(matrix, job, store, log=log, force=force)
+        except Exception as e:
+            if failures is None:
+                raise
+            failures[job.variant] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+            log(f"[failed] {job.name}: {failures[job.variant]} (manifest in {store.path(job.key)})")
+            continue
         log(f"[ done ] {job.name} in {done[job.variant].build_seconds:.1f}s")
     return done
-
-
-__all__ = [
-    "BuildContext",
-    "BuilderInfo",
-    "Input",
-    "QuantmatrixError",
-    "build_with_deps",
-    "builder",
-    "registry",
-    "run_job",
-]

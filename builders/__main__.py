@@ -52,7 +52,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{job.name}: {store.path(job.key)}")
             return 0
         variants = tuple(args.variant) if args.command == "build" else ()
-        built = build_with_deps(matrix, args.model, variants, store, force=args.force)
+        failures: dict[str, str] = {}
+        built = build_with_deps(matrix, args.model, variants, store, force=args.force, failures=failures)
+        if failures:
+            for variant, reason in failures.items():
+                print(f"error: {args.model}/{variant}: {reason}", file=sys.stderr)
+            return 1
         ref = built[REFERENCE]
         if args.command == "reference":
             m = ref.metrics

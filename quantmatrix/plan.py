@@ -39,7 +39,9 @@ def _code_version(builder: str, root: Path) -> str:
     module = builder_module(builder, root)
     if not module.is_file():
         raise SpecError(f"builder {builder!r}: no module {module.relative_to(root)}")
-    shared = [root / "builders" / "__init__.py", root / "quantmatrix" / "hf.py", root / "quantmatrix" / "data.py"]
+    # Builder code plus everything builders share (private helper modules, model/data loading).
+    shared = sorted((root / "builders").glob("_*.py"))  # __init__.py and private helper modules
+    shared += [root / "quantmatrix" / name for name in ("hf.py", "data.py", "torch_recipes.py")]
     return code_digest([module, *[p for p in shared if p.is_file()]])
 
 

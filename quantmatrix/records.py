@@ -172,6 +172,7 @@ class Cell(Record):
     batch_size: int
     seq_mode: Literal["padded", "natural", "none"]
     seq_len: int | None = None
+    repeat: int = Field(0, description="index of this measurement when a run repeats every cell (interleaved rounds)")
 
 
 class Result(Record):

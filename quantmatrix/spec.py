@@ -112,6 +112,9 @@ class MeasureSpec:
     max_seconds: float = 30.0
     eval_examples: int = 0
     threads: int = 0
+    # Rounds over every (variant, runner): each round measures all of them once, interleaved, so
+    # slow drift of a shared machine spreads over all variants instead of biasing one.
+    repeats: int = 1
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variant", default="reference")
     ap.add_argument("--runner", default="torch-eager")
     ap.add_argument("--run-id", default="local")
+    ap.add_argument("--repeat", type=int, default=0, help="round index when a run measures every cell repeatedly")
     args = ap.parse_args(argv)
     from runners import registry
 
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             artifacts=args.artifacts,
             results=args.results,
             run_id=args.run_id,
+            repeat=args.repeat,
         )
         results = job.run()
         failed = [r for r in results if r.status == "failed"]

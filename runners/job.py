@@ -58,9 +58,11 @@ _MODULE_LOADED = time.time()
 class CellPlan:
     batch_size: int
     seq_mode: str
+    repeat: int = 0
 
     def file_name(self, model: str, variant: str, runner: str) -> str:
-        return f"{model}__{variant}__{runner}__b{self.batch_size}__{self.seq_mode}.json"
+        suffix = f"__r{self.repeat}" if self.repeat else ""
+        return f"{model}__{variant}__{runner}__b{self.batch_size}__{self.seq_mode}{suffix}.json"
 
 
 def threads_for(spec: MeasureSpec, runner_params: dict[str, Any]) -> int:
@@ -83,6 +85,7 @@ class RunJob:
         artifacts: Path,
         results: Path,
         run_id: str,
+        repeat: int = 0,
         log: Callable[[str], None] = print,
     ) -> None:
         self.matrix, self.log = matrix, log
@@ -95,7 +98,8 @@ class RunJob:
         self.run_id = run_id
         jobs = {j.variant: j for j in build_jobs(matrix, model, () if variant == REFERENCE else (variant,))}
         self.key, self.ref_key = jobs[variant].key, jobs[REFERENCE].key
-        self.cells = [CellPlan(b, s) for b in self.profile.measure.batch_sizes for s in self.profile.measure.seq_modes]
+        measure = self.profile.measure
+        self.cells = [CellPlan(b, s, repeat) for b in measure.batch_sizes for s in measure.seq_modes]
         self.threads = threads_for(self.profile.measure, dict(self.runner.params))
         self.started = now_iso()
 
@@ -134,6 +138,7 @@ class RunJob:
                 device=self.runner.device,
                 batch_size=cell.batch_size,
                 seq_mode=cell.seq_mode,
+                repeat=cell.repeat,
             ),  # type: ignore[arg-type]
             **fields,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -43,6 +44,14 @@ class OrtSession:
         return dict(self._options)
 
 
+def load_error(e: Exception) -> str:
+    """ORT's load error without the file path and C++ function signature it wraps around the reason."""
+    text = " ".join(str(e).split())
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"Load model from \S+ failed:", "", text)
+    return re.sub(r"/onnxruntime_src/\S+:\d+ [^()]*\([^)]*\)\s*", "", text).strip()
+
+
 @runner("onnxruntime", params=OrtParams, formats=("onnx",), devices=("cpu", "cuda"))
 def load(request: LoadRequest) -> OrtSession:
     try:
@@ -71,7 +80,10 @@ def load(request: LoadRequest) -> OrtSession:
     )
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if p.allow_spinning else "0")
     entry = request.path / (request.manifest.entry or "model.onnx")
-    session = ort.InferenceSession(str(entry), sess_options=so, providers=providers)
+    try:
+        session = ort.InferenceSession(str(entry), sess_options=so, providers=providers)
+    except Exception as e:  # ORT raises its own Fail/InvalidGraph types with C++ locations inside
+        raise RuntimeError(f"onnxruntime cannot load {entry.name}: {load_error(e)}") from None
     used = session.get_providers()[0]
     if used != wanted:
         raise Skip(f"{wanted} could not be initialised (fell back to {used})")

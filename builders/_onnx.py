@@ -1,0 +1,152 @@
+"""Helpers shared by the ONNX builders: IR version, graph I/O, tokenised batches, validation."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantmatrix.errors import QuantmatrixError
+from quantmatrix.records import TensorSpec
+
+# onnx >= 1.23 stamps IR version 14 on new models; onnxruntime 1.31 loads up to 13 (and TensorRT
+# 10 parsers less). Opsets up to 21 need no more than IR 10.
+MAX_IR_VERSION = 10
+ONNX_DTYPES = {1: "float32", 7: "int64", 6: "int32", 10: "float16", 3: "int8", 2: "uint8", 11: "float64"}
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """Hard-link (or copy, across file systems) every file under `src` into `dst`."""
+    for path in sorted(src.rglob("*")):
+        if path.is_file():
+            target = dst / path.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, target)
+            except OSError:
+                shutil.copy2(path, target)
+
+
+def save_model(model: Any, path: Path) -> None:
+    """Save an onnx ModelProto as one file with an IR version onnxruntime and TensorRT accept."""
+    import onnx
+
+    if model.ir_version > MAX_IR_VERSION:
+        model.ir_version = MAX_IR_VERSION
+    imported = {o.domain for o in model.opset_import}
+    for domain in sorted({n.domain for n in model.graph.node if n.domain} - imported - {"ai.onnx"}):
+        model.opset_import.append(onnx.helper.make_opsetid(domain, 1))  # contrib ops (fusion output)
+    onnx.save_model(model, str(path))
+    onnx.checker.check_model(str(path))
+
+
+def cap_ir_version(path: Path) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    if model.ir_version > MAX_IR_VERSION:
+        save_model(model, path)
+
+
+def graph_io(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Input and output tensor specs as the graph declares them (symbolic dims kept as names)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+
+    def spec(v: Any) -> TensorSpec:
+        t = v.type.tensor_type
+        shape: list[int | str] = [d.dim_param or d.dim_value for d in t.shape.dim]
+        return TensorSpec(name=v.name, dtype=ONNX_DTYPES.get(t.elem_type, str(t.elem_type)), shape=shape)
+
+    return [spec(v) for v in model.graph.input], [spec(v) for v in model.graph.output]
+
+
+def opset_of(path: Path) -> int:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def encode(tokenizer: Any, texts: Sequence[str], max_length: int, padding: str | bool = True) -> dict[str, np.ndarray]:
+    enc = tokenizer(list(texts), padding=padding, truncation=True, max_length=max_length, return_tensors="np")
+    return {k: v.astype(np.int64) for k, v in enc.items()}
+
+
+def batches(tokenizer: Any, texts: Sequence[str], max_length: int, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    for i in range(0, len(texts), batch_size):
+        yield encode(tokenizer, texts[i : i + batch_size], max_length)
+
+
+def ort_session(path: Path, threads: int = 0) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def ort_logits(path: Path, tokenizer: Any, texts: Sequence[str], max_length: int, batch_size: int = 32) -> np.ndarray:
+    session = ort_session(path)
+    names = {i.name for i in session.get_inputs()}
+    out = [
+        session.run(None, {k: v for k, v in feed.items() if k in names})[0]
+        for feed in batches(tokenizer, texts, max_length, batch_size)
+    ]
+    return np.concatenate(out).astype(np.float32)
+
+
+def compare(logits: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Agreement of a variant's logits with the reference's on the same inputs."""
+    if logits.shape != reference.shape:
+        raise QuantmatrixError(f"output shape {logits.shape} differs from the reference's {reference.shape}")
+    return {
+        "max_abs_logit_diff": float(np.abs(logits - reference).max()),
+        "top1_agreement": float((logits.argmax(-1) == reference.argmax(-1)).mean()),
+    }
+
+
+def validation_check(ctx: Any, model_path: Path, tokenizer: Any, examples: int) -> dict[str, float]:
+    """Logits of `model_path` vs the reference artefact's saved test logits on the first test examples."""
+    ref_logits = np.load(ctx.reference.path / "eval" / "test_logits.npy", allow_pickle=False)
+    texts = [e.text for e in ctx.data.split("test")[:examples]]
+    logits = ort_logits(model_path, tokenizer, texts, ctx.model.max_length)
+    return {f"check_{k}": round(v, 6) for k, v in compare(logits, ref_logits[: len(texts)]).items()} | {
+        "check_examples": len(texts)
+    }
+
+
+def load_tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+def op_counts(path: Path) -> dict[str, int]:
+    """How many nodes of each quantisation-relevant type the graph holds (shows what was quantised)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    keep = (
+        "MatMul",
+        "MatMulInteger",
+        "DynamicQuantizeLinear",
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "QAttention",
+        "Attention",
+        "Gemm",
+        "DynamicQuantizeMatMul",
+        "MatMulIntegerToFloat",
+        "QGemm",
+    )
+    return {k: v for k, v in sorted(counts.items()) if k in keep}

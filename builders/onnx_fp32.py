@@ -1,0 +1,82 @@
+"""FP32 ONNX export of the reference with Optimum, validated against the PyTorch reference's outputs.
+
+Steps: export (optimum.exporters.onnx.main_export, task text-classification) -> cap the IR version
+-> validate logits against the reference -> link the tokenizer.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from builders import BuildContext, builder
+from builders._onnx import cap_ir_version, graph_io, link_tree, load_tokenizer, opset_of, validation_check
+from quantmatrix.errors import QuantmatrixError
+from quantmatrix.records import Manifest
+
+
+@dataclass(frozen=True)
+class OnnxFp32Params:
+    opset: int = 18  # Optimum's recommended minimum for BERT; ORT 1.31 and TensorRT 10 read it
+    # Largest |logit - reference logit| accepted on the check examples (FP32 export: float noise only).
+    atol: float = 1e-3
+    check_examples: int = 128
+
+
+@builder("onnx-fp32", params=OnnxFp32Params, output_format="onnx")
+def build(ctx: BuildContext, params: OnnxFp32Params) -> Manifest:
+    from optimum.exporters.onnx import main_export
+
+    ref = ctx.reference
+    if ref.manifest.format != "torch":
+        raise QuantmatrixError(f"onnx-fp32 exports a torch reference, got format {ref.manifest.format!r}")
+    with tempfile.TemporaryDirectory(dir=ctx.out.parent) as tmp, warnings.catch_warnings():
+        # Tracing warns about shape-dependent Python branches (TracerWarning); the export is
+        # checked numerically against the reference below, which is what matters.
+        warnings.simplefilter("ignore")
+        main_export(
+            str(ref.path / (ref.manifest.entry or "model")),
+            tmp,
+            task="text-classification",
+            opset=params.opset,
+            do_validation=False,  # validated below against the reference's own saved logits
+            local_files_only=True,
+            library_name="transformers",
+        )
+        exported = Path(tmp) / "model.onnx"
+        if not exported.is_file():
+            raise QuantmatrixError(
+                f"optimum wrote no model.onnx (found: {sorted(p.name for p in Path(tmp).iterdir())})"
+            )
+        exported.rename(ctx.out / "model.onnx")
+    model_path = ctx.out / "model.onnx"
+    cap_ir_version(model_path)
+    steps = [f"export: optimum main_export task=text-classification opset={params.opset}"]
+    link_tree(ref.path / (ref.manifest.tokenizer or "tokenizer"), ctx.out / "tokenizer")
+    tokenizer = load_tokenizer(ctx.out / "tokenizer")
+    check = validation_check(ctx, model_path, tokenizer, params.check_examples)
+    if check["check_max_abs_logit_diff"] > params.atol or check["check_top1_agreement"] < 1.0:
+        raise QuantmatrixError(
+            f"ONNX export differs from the reference: max |Δlogit| {check['check_max_abs_logit_diff']:.2e} "
+            f"(atol {params.atol}), top-1 agreement {check['check_top1_agreement']:.3f}"
+        )
+    steps.append(
+        f"validate: {check['check_examples']} test examples vs reference, "
+        f"max |Δlogit| {check['check_max_abs_logit_diff']:.2e}"
+    )
+    inputs, outputs = graph_io(model_path)
+    return ctx.manifest(
+        format="onnx",
+        precision="fp32",
+        params=params,
+        entry="model.onnx",
+        tokenizer="tokenizer",
+        io_inputs=inputs,
+        io_outputs=outputs,
+        device="any",
+        steps=steps,
+        metrics=check,
+        extra={"opset": opset_of(model_path), "exporter": "optimum.exporters.onnx.main_export"},
+    )

@@ -1,0 +1,110 @@
+"""ONNX Runtime dynamic INT8 quantisation of the FP32 ONNX model, optionally after transformer fusion.
+
+Steps: [fuse: onnxruntime.transformers.optimizer, heads/hidden size read from the model config]
+-> quantize_dynamic (weights INT8 per tensor or per channel; activations quantised at run time)
+-> check against the reference.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from builders import BuildContext, builder
+from builders._onnx import graph_io, link_tree, load_tokenizer, op_counts, opset_of, save_model, validation_check
+from quantmatrix.errors import QuantmatrixError
+from quantmatrix.records import Manifest
+
+
+@dataclass(frozen=True)
+class OrtInt8DynamicParams:
+    per_channel: bool = False
+    # 7-bit weights: avoids u8*s8 saturation on x86 CPUs without VNNI, at some accuracy cost.
+    reduce_range: bool = False
+    weight_type: Literal["int8", "uint8"] = "int8"
+    # Fuse attention/LayerNorm/GELU first (onnxruntime.transformers.optimizer, model_type bert).
+    fusion: bool = False
+    op_types: tuple[str, ...] = ()  # empty: every op type quantize_dynamic supports
+    check_examples: int = 128
+
+
+def fuse(src: Path, dst: Path, arch: dict[str, Any], model_type: str = "bert") -> list[str]:
+    """Transformer fusion with parameters read from the model config; returns the fused op counts."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    if not arch.get("num_attention_heads") or not arch.get("hidden_size"):
+        raise QuantmatrixError(
+            "fusion needs num_attention_heads and hidden_size in the reference manifest (extra.arch)"
+        )
+    optimized = optimize_model(
+        str(src),
+        model_type=model_type,
+        num_heads=int(arch["num_attention_heads"]),
+        hidden_size=int(arch["hidden_size"]),
+        opt_level=0,  # python fusions only: the saved graph stays portable across ORT builds
+    )
+    counts = optimized.get_fused_operator_statistics()
+    # Fused ops live in the com.microsoft domain, which onnx's own shape inference cannot type;
+    # the quantiser needs every MatMul input typed, so run ORT's symbolic shape inference first.
+    save_model(SymbolicShapeInference.infer_shapes(optimized.model, auto_merge=True), dst)
+    return [f"{op}={n}" for op, n in sorted(counts.items()) if n]
+
+
+@builder("ort-int8-dynamic", params=OrtInt8DynamicParams, output_format="onnx")
+def build(ctx: BuildContext, params: OrtInt8DynamicParams) -> Manifest:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src = ctx.source
+    if src.manifest.format != "onnx":
+        raise QuantmatrixError(
+            f"ort-int8-dynamic quantises an ONNX model; source {src.manifest.key} is {src.manifest.format}"
+        )
+    steps: list[str] = []
+    extra: dict[str, Any] = {"quantizer": "onnxruntime.quantization.quantize_dynamic"}
+    with tempfile.TemporaryDirectory(dir=ctx.out.parent) as tmp:
+        model_in = src.file()
+        if params.fusion:
+            fused = Path(tmp) / "fused.onnx"
+            ops = fuse(model_in, fused, ctx.reference.manifest.extra.get("arch", {}))
+            steps.append(
+                f"fuse: onnxruntime.transformers.optimizer model_type=bert ({', '.join(ops) or 'nothing fused'})"
+            )
+            extra["fused_ops"] = ops
+            model_in = fused
+        quantize_dynamic(
+            str(model_in),
+            str(ctx.out / "model.onnx"),
+            op_types_to_quantize=list(params.op_types) or None,
+            per_channel=params.per_channel,
+            reduce_range=params.reduce_range,
+            weight_type=QuantType.QInt8 if params.weight_type == "int8" else QuantType.QUInt8,
+        )
+    model_path = ctx.out / "model.onnx"
+    save_model(onnx.load(str(model_path)), model_path)
+    steps.append(
+        f"quantize: dynamic INT8, weights {params.weight_type} "
+        f"{'per channel' if params.per_channel else 'per tensor'}{', reduce_range' if params.reduce_range else ''}"
+    )
+    link_tree(src.path / (src.manifest.tokenizer or "tokenizer"), ctx.out / "tokenizer")
+    check = validation_check(ctx, model_path, load_tokenizer(ctx.out / "tokenizer"), params.check_examples)
+    steps.append(
+        f"check: top-1 agreement {check['check_top1_agreement']:.3f} on {check['check_examples']} test examples"
+    )
+    inputs, outputs = graph_io(model_path)
+    return ctx.manifest(
+        format="onnx",
+        precision="int8",
+        params=params,
+        entry="model.onnx",
+        tokenizer="tokenizer",
+        io_inputs=inputs,
+        io_outputs=outputs,
+        device="cpu",
+        steps=steps,
+        metrics=check,
+        extra=extra | {"opset": opset_of(model_path), "op_counts": op_counts(model_path)},
+    )

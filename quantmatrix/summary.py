@@ -1,0 +1,165 @@
+"""Results grouped by cell across repeated rounds: the typed table the summary and the report print.
+
+Only numbers from result files: a cell measured in several rounds shows the median of its rounds'
+p50s and their spread (max/min); speed-ups are against the FP32 reference on PyTorch eager for the
+same model, batch size and sequence mode; the null runner's p50 is shown as a share of the
+fastest real p50 (the harness's own overhead).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from quantmatrix.errors import RecordError
+from quantmatrix.records import Result, read_record
+
+REFERENCE = "reference"
+
+
+@dataclass(frozen=True)
+class CellSummary:
+    model: str
+    variant: str
+    runner: str
+    backend: str
+    precision: str
+    device: str
+    batch_size: int
+    seq_mode: str
+    status: str
+    reason: str | None
+    verdict: str
+    rounds: int
+    p50_ms: float | None  # median over rounds of each round's p50
+    p99_ms: float | None
+    spread: float | None  # max/min of the rounds' p50s (None with one round)
+    speedup: float | None  # reference-on-torch-eager p50 / this p50
+    overhead: float | None  # null runner only: p50 / fastest real p50 of the same model, batch, seq
+    artifact_mb: float | None
+    macro_f1: float | None
+    agreement: float | None
+    machine: str
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        return (self.model, self.batch_size, self.seq_mode)
+
+
+def load_results(paths: Iterable[Path]) -> tuple[list[Result], list[str]]:
+    """Every readable result JSON under the given files/directories, and one error line per bad file."""
+    results, errors = [], []
+    for root in paths:
+        files = sorted(root.rglob("*.json")) if root.is_dir() else [root]
+        for path in files:
+            try:
+                results.append(read_record(Result, path))
+            except RecordError as e:
+                errors.append(str(e))
+    return results, errors
+
+
+def _is_eager_reference(r: Result) -> bool:
+    return r.cell.variant == REFERENCE and r.cell.backend == "torch" and not r.runner_options.get("compile")
+
+
+def summarise(results: list[Result]) -> list[CellSummary]:
+    groups: dict[tuple[str, ...], list[Result]] = {}
+    for r in results:
+        c = r.cell
+        ident = (r.fingerprint.machine_id, c.model, c.variant, c.runner, str(c.batch_size), c.seq_mode)
+        groups.setdefault(ident, []).append(r)
+    rows = []
+    medians: dict[tuple[str, ...], float] = {}
+    for ident, rs in groups.items():
+        p50s = [r.latency.p50 for r in rs if r.status == "ok" and r.latency]
+        if p50s:
+            medians[ident] = statistics.median(p50s)
+    for ident, rs in sorted(groups.items()):
+        machine, model, variant, runner, batch, seq = ident
+        ok = [r for r in rs if r.status == "ok" and r.latency]
+        last = max(rs, key=lambda r: r.finished)
+        first = ok[0] if ok else last
+        p50 = medians.get(ident)
+        base_ident = next(
+            (
+                i
+                for i, g in groups.items()
+                if i[0] == machine
+                and i[1:2] == (model,)
+                and i[4:] == (batch, seq)
+                and _is_eager_reference(g[0])
+                and i in medians
+            ),
+            None,
+        )
+        speedup = medians[base_ident] / p50 if base_ident and p50 else None
+        overhead = None
+        if first.cell.backend == "null" and p50:
+            real = [
+                m
+                for i, m in medians.items()
+                if i[0] == machine and i[1] == model and i[4:] == (batch, seq) and groups[i][0].cell.backend != "null"
+            ]
+            overhead = p50 / min(real) if real else None
+            speedup = None
+        rows.append(
+            CellSummary(
+                model=model,
+                variant=variant,
+                runner=runner,
+                backend=first.cell.backend,
+                precision=first.cell.precision,
+                device=first.cell.device,
+                batch_size=int(batch),
+                seq_mode=seq,
+                status="ok" if ok else last.status,
+                reason=None if ok else last.reason,
+                verdict=first.verdict,
+                rounds=len(ok),
+                p50_ms=p50,
+                p99_ms=statistics.median(r.latency.p99 for r in ok if r.latency) if ok else None,
+                spread=max(r.latency.p50 for r in ok if r.latency) / min(r.latency.p50 for r in ok if r.latency)
+                if len(ok) > 1
+                else None,
+                speedup=speedup,
+                overhead=overhead,
+                artifact_mb=(first.artifact_bytes or 0) / 2**20 if first.artifact_bytes else None,
+                macro_f1=first.quality.macro_f1 if first.quality else None,
+                agreement=first.agreement.top1 if first.agreement else None,
+                machine=machine,
+            )
+        )
+    return rows
+
+
+def render_text(rows: list[CellSummary]) -> str:
+    """A fixed-width table for terminals and issue notes."""
+    if not rows:
+        return "no results"
+    head = (
+        f"{'model':10} {'variant':32} {'runner':14} {'b':>2} {'seq':7} {'p50 ms':>8} {'p99 ms':>8} {'spread':>6} "
+        f"{'speedup':>7} {'MB':>6} {'F1':>6} {'agree':>6}  verdict"
+    )
+    lines = [head, "-" * len(head)]
+
+    def fmt(v: float | None, spec: str) -> str:
+        return f"{'-':>{spec.split('.')[0]}}" if v is None else format(v, spec)
+
+    for r in sorted(rows, key=lambda r: (r.model, r.batch_size, r.seq_mode, r.p50_ms or float("inf"))):
+        if r.p50_ms is None:
+            lines.append(
+                f"{r.model:10} {r.variant:32} {r.runner:14} {r.batch_size:>2} {r.seq_mode:7} {'':>44}"
+                f"{r.status}: {r.reason}"
+            )
+            continue
+        speed = f"{r.speedup:.2f}x" if r.speedup else (f"{100 * r.overhead:.2f}%" if r.overhead else "-")
+        lines.append(
+            f"{r.model:10} {r.variant:32} {r.runner:14} {r.batch_size:>2} {r.seq_mode:7} {r.p50_ms:8.2f} "
+            f"{fmt(r.p99_ms, '8.2f')} {fmt(r.spread, '6.3f')} {speed:>7} {fmt(r.artifact_mb, '6.1f')} "
+            f"{fmt(r.macro_f1, '6.4f')} {fmt(r.agreement, '6.4f')}  {r.verdict}"
+        )
+    lines.append("speedup: vs the FP32 reference on torch-eager; for the null runner, its p50 as % of the fastest")
+    return "\n".join(lines)

@@ -1,0 +1,257 @@
+"""Run jobs end to end on the tiny model: measurement, the guard against silent drift, bad artefacts, resume.
+
+A tiny reference, its ONNX export and an INT8 variant are built once per module; every test works on
+its own copy of the artefacts and corrupts it the way real failures look.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import builders
+import runners
+from bench import Job, Launcher, Plan, execute, plan
+from quantmatrix.plan import build_jobs
+from quantmatrix.records import Manifest, Result, read_record, write_record
+from quantmatrix.spec import load_matrix
+from quantmatrix.store import Store, list_files
+from quantmatrix.summary import load_results, render_text, summarise
+from runners.job import RunJob
+
+pytestmark = pytest.mark.slow
+
+MATRIX = """
+[datasets.headlines9]
+source = "bundled:headlines9"
+
+[models.tiny]
+source = "random:bert-tiny"
+dataset = "headlines9"
+max_length = 32
+
+[models.tiny.finetune]
+method = "full"
+epochs = 2
+learning_rate = 3e-3
+
+[runners.torch-eager]
+backend = "torch"
+
+[runners.ort-cpu]
+backend = "onnxruntime"
+params = { threads = 1 }
+
+[runners.null]
+backend = "null"
+
+[variants.onnx-fp32]
+builder = "onnx-fp32"
+
+[variants.ort-int8-dynamic]
+from = "onnx-fp32"
+builder = "ort-int8-dynamic"
+
+[profiles.t]
+models = ["tiny"]
+variants = ["onnx-fp32", "ort-int8-dynamic"]
+runners = ["torch-eager", "ort-cpu", "null"]
+
+[profiles.t.measure]
+batch_sizes = [1, 4]
+seq_modes = ["padded", "natural"]
+padded_length = 32
+warmup = 1
+min_iterations = 3
+min_seconds = 0.02
+eval_examples = 200
+"""
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("built")
+    (root / "matrix.toml").write_text(MATRIX)
+    matrix = load_matrix(root / "matrix.toml", builders=builders.registry(), backends=runners.registry())
+    builders.build_with_deps(matrix, "tiny", ("onnx-fp32", "ort-int8-dynamic"), Store(root / "artifacts"))
+    return root
+
+
+@pytest.fixture
+def work(built, tmp_path) -> Path:
+    shutil.copytree(built, tmp_path / "w")
+    return tmp_path / "w"
+
+
+def _matrix(work: Path):
+    return load_matrix(work / "matrix.toml", builders=builders.registry(), backends=runners.registry())
+
+
+def _run(work: Path, variant: str, runner: str, repeat: int = 0) -> list[Result]:
+    job = RunJob(
+        _matrix(work), "t", "tiny", variant, runner,
+        artifacts=work / "artifacts", results=work / "results", run_id="r", repeat=repeat, log=lambda _: None,
+    )  # fmt: skip
+    job.run()
+    return [read_record(Result, p) for p in sorted((work / "results" / "r").glob(f"tiny__{variant}__{runner}__*"))]
+
+
+def _artefact(work: Path, variant: str) -> Path:
+    key = {j.variant: j.key for j in build_jobs(_matrix(work), "tiny", (variant,))}[variant]
+    return work / "artifacts" / key
+
+
+def _rewrite_manifest(art: Path, **changes) -> None:
+    """Change a manifest as a buggy builder would have written it (file list kept consistent)."""
+    m = read_record(Manifest, art / "manifest.json")
+    m = m.model_copy(update={**changes, "files": [f for f in list_files(art) if f.path != "manifest.json"]})
+    write_record(m, art / "manifest.json")
+
+
+def test_int8_variant_is_measured_scored_and_judged(work):
+    results = _run(work, "ort-int8-dynamic", "ort-cpu")
+    assert len(results) == 4  # batch 1 and 4, padded and natural
+    for r in results:
+        assert r.status == "ok", r.reason
+        assert r.cell.precision == "int8" and r.threads == 1 and r.runner_options["intra_op_threads"] == 1
+        assert r.latency.p50 > 0 and len(r.latency.samples) >= 3 and r.latency.p50 <= r.latency.p99
+        assert r.quality.examples == 200 and 0 <= r.quality.macro_f1 <= 1
+        assert len(r.quality.confusion) == 9 and sum(map(sum, r.quality.confusion)) == 200
+        assert r.agreement.examples == 200 and len(r.agreement.worst) <= 10
+        assert r.verdict in ("pass", "drift", "fail")
+        assert len(r.canary) == 12 and len(r.canary[0].top5) == 5
+        assert r.cold_start.load_ms > 0 and r.peak_rss_bytes > 0 and r.artifact_bytes > 0
+    padded = {r.cell.batch_size: r.cell.seq_len for r in results if r.cell.seq_mode == "padded"}
+    assert padded == {1: 32, 4: 32}
+
+
+def test_null_runner_measures_harness_overhead(work):
+    null = _run(work, "reference", "null")
+    eager = _run(work, "reference", "torch-eager")
+    assert all(r.status == "ok" and r.verdict == "n/a" for r in null)
+    assert max(r.latency.p50 for r in null) < min(r.latency.p50 for r in eager)
+
+
+def test_permuted_label_map_is_caught_by_the_guard(work):
+    art = _artefact(work, "onnx-fp32")
+    m = read_record(Manifest, art / "manifest.json")
+    labels = dict(m.id2label)
+    labels["0"], labels["2"] = labels["2"], labels["0"]  # "World" <-> "Business"
+    _rewrite_manifest(art, id2label=labels)
+    results = _run(work, "onnx-fp32", "ort-cpu")
+    assert results and all(r.status == "failed" and r.latency is None for r in results)
+    assert "guard" in results[0].reason and "label" in results[0].reason
+
+
+def test_swapped_input_names_everything_is_one_class_is_caught(work):
+    """The seeds' TensorRT bug: inputs bound in the wrong order, every prediction the same class."""
+    import onnx
+
+    art = _artefact(work, "onnx-fp32")
+    model = onnx.load(str(art / "model.onnx"))
+    # Wire the graph as a positional binding in the wrong order would: the mask feeds the token-type
+    # embedding and the (all-zero) token types feed the attention mask.
+    swap = {"attention_mask": "token_type_ids", "token_type_ids": "attention_mask"}
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            node.input[i] = swap.get(name, name)
+    onnx.save(model, str(art / "model.onnx"))
+    _rewrite_manifest(art)
+    results = _run(work, "onnx-fp32", "ort-cpu")
+    assert all(r.status == "failed" and r.latency is None for r in results)
+    assert results[0].reason.startswith("guard: ") and "agree" in results[0].reason
+
+
+@pytest.mark.parametrize("damage", ["missing", "hash", "opset"])
+def test_bad_artefacts_give_one_failed_result_each_and_other_cells_go_on(work, damage):
+    import onnx
+
+    art = _artefact(work, "ort-int8-dynamic")
+    model_file = art / "model.onnx"
+    if damage == "missing":
+        model_file.unlink()
+    elif damage == "hash":
+        raw = bytearray(model_file.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        model_file.write_bytes(bytes(raw))
+    else:
+        model = onnx.load(str(model_file))
+        model.opset_import[0].version = 99  # an opset no runtime implements
+        onnx.save(model, str(model_file))
+        _rewrite_manifest(art)
+    results = _run(work, "ort-int8-dynamic", "ort-cpu")
+    assert len(results) == 4 and all(r.status == "failed" for r in results)
+    expected = {
+        "missing": "model.onnx is missing",
+        "hash": "sha256 does not match",
+        "opset": "cannot load model.onnx: ONNX Runtime only",
+    }[damage]
+    assert expected in results[0].reason, results[0].reason
+    assert "\n" not in results[0].reason
+    # Another variant on the same runner is unaffected.
+    assert all(r.status == "ok" for r in _run(work, "onnx-fp32", "ort-cpu"))
+
+
+def test_rerun_resumes_only_missing_cells(work):
+    first = _run(work, "onnx-fp32", "ort-cpu")
+    files = sorted((work / "results" / "r").glob("tiny__onnx-fp32__ort-cpu__*"))
+    stamps = {p.name: p.stat().st_mtime_ns for p in files}
+    files[0].unlink()
+    second = _run(work, "onnx-fp32", "ort-cpu")
+    assert len(second) == len(first) == 4
+    changed = [p.name for p in files if p.stat().st_mtime_ns != stamps[p.name]]
+    assert changed == [files[0].name]
+
+
+def test_bench_plan_interleaves_rounds_and_a_crash_or_oom_does_not_stop_the_run(work):
+    matrix = _matrix(work)
+    p = plan(
+        matrix, "t", "cpu",
+        builder_formats={k: v.output_format for k, v in builders.registry().items()},
+        backend_formats={k: v.formats for k, v in runners.registry().items()},
+        run_id="r", repeats=2,
+    )  # fmt: skip
+    runs = [j for j in p.jobs if j.kind == "run"]
+    pairs = [(j.variant, j.runner) for j in runs]
+    assert pairs[: len(pairs) // 2] == pairs[len(pairs) // 2 :], "round 2 repeats round 1 in the same order"
+    assert ("reference", "null") in pairs and ("onnx-fp32", "null") not in pairs
+    assert ("reference", "ort-cpu") not in pairs and ("ort-int8-dynamic", "ort-cpu") in pairs
+
+    # Real subprocesses: one killed like the OOM killer does, one crashing, one fine.
+    jobs = [
+        Job(kind="run", name="oom", argv=["-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]),
+        Job(kind="run", name="crash", argv=["-c", "raise SystemExit('runner exploded')"]),
+        Job(kind="run", name="fine", argv=["-c", "print('ok')"]),
+    ]
+    done = execute(Plan(jobs=jobs, cells=3), Launcher(), Store(work / "artifacts"), log=lambda _: None)
+    assert [j.state for j in done] == ["failed", "failed", "done"]
+    assert done[0].reason.startswith("killed: out of memory")
+    assert "runner exploded" in done[1].reason
+
+
+def test_summary_groups_rounds_and_reports_speedup(work):
+    for repeat in (0, 1):
+        _run(work, "reference", "torch-eager", repeat)
+        _run(work, "ort-int8-dynamic", "ort-cpu", repeat)
+        _run(work, "reference", "null", repeat)
+    results, errors = load_results([work / "results"])
+    (work / "results" / "r" / "junk.json").write_text(json.dumps({"schema_version": 99}))
+    _, errors = load_results([work / "results"])
+    assert len(errors) == 1 and "junk.json" in errors[0]
+    rows = summarise(results)
+    assert len(rows) == 3 * 4
+    ref = next(
+        r for r in rows
+        if (r.variant, r.runner, r.batch_size, r.seq_mode) == ("reference", "torch-eager", 1, "padded")
+    )  # fmt: skip
+    assert ref.rounds == 2 and ref.speedup == pytest.approx(1.0) and ref.spread >= 1.0
+    null = next(r for r in rows if r.runner == "null" and r.batch_size == 1)
+    assert null.speedup is None and 0 < null.overhead < 1
+    int8 = next(r for r in rows if r.variant == "ort-int8-dynamic" and r.batch_size == 1 and r.seq_mode == "padded")
+    assert int8.speedup == pytest.approx(ref.p50_ms / int8.p50_ms)
+    assert np.isfinite(int8.p50_ms)
+    assert "ort-int8-dynamic" in render_text(rows)
