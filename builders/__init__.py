@@ -6,9 +6,11 @@ params dataclass and one function registered with `@builder(...)`. Modules impor
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import pkgutil
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -147,7 +149,10 @@ def run_job(
     def produce(out: Path) -> Manifest:
         ctx = BuildContext(out=out, matrix=matrix, model=model, variant=variant, inputs=inputs, log=log)
         t0 = time.perf_counter()
-        manifest = info.fn(ctx, params)
+        # Some tools (ORT's shape inference and quantiser) drop temp files into the working
+        # directory; give them a scratch one so nothing leaks into the user's checkout.
+        with tempfile.TemporaryDirectory(prefix=".scratch-", dir=out.parent) as scratch, contextlib.chdir(scratch):
+            manifest = info.fn(ctx, params)
         manifest.build_seconds = round(time.perf_counter() - t0, 3)
         return manifest
 

@@ -427,7 +427,7 @@ def parse_matrix(
     if not profiles:
         raise SpecError(f"{path}: profiles: at least one profile is required")
     return Matrix(
-        path=path,
+        path=path.resolve(),
         seed=seed,
         datasets=datasets,
         models=models,

@@ -83,7 +83,7 @@ class Store:
     """`root/<key>/manifest.json` + files. Only `build` writes; everything else reads."""
 
     def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+        self.root = Path(root).resolve()
 
     def path(self, key: str) -> Path:
         return self.root / key
