@@ -19,13 +19,18 @@ nox.options.sessions = ["tests", "lint"]
 nox.options.reuse_existing_virtualenvs = True
 
 
-def _install(session: nox.Session, *groups: str) -> None:
-    """Install dependency groups (pip upgraded first: old pip backtracks for minutes) and the project."""
+def _install(session: nox.Session, *groups: str, lock: str = "tests") -> None:
+    """Install dependency groups and the project, constrained by a complete lock (locks/<lock>.txt).
+
+    The tests lock covers the cpu, report and test groups, so sessions needing any of them share it.
+    pip is upgraded first (old pip backtracks for minutes and lacks dependency groups).
+    """
     session.install("pip>=26")
     requirements: list[str] = []
     for group in groups:
         requirements += nox.project.dependency_groups(PYPROJECT, group)
-    session.install(*dict.fromkeys(requirements))
+    constraints = ["-c", str(ROOT / "locks" / f"{lock}.txt")]
+    session.install(*constraints, *dict.fromkeys(requirements))
     session.install("-e", ".", "--no-deps")
 
 
@@ -40,7 +45,7 @@ def tests(session: nox.Session) -> None:
 @nox.session(python=PYTHON, tags=["ci"])
 def lint(session: nox.Session) -> None:
     """Check code style (ruff check + format --check) and types of the core package (mypy)."""
-    _install(session, "lint")
+    _install(session, "lint", lock="lint")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")

@@ -69,14 +69,14 @@ def summarise(results: list[Result]) -> list[CellSummary]:
     groups: dict[tuple[str, ...], list[Result]] = {}
     for r in results:
         c = r.cell
-        ident = (r.fingerprint.machine_id, c.model, c.variant, c.runner, str(c.batch_size), c.seq_mode)
+        ident: tuple[str, ...] = (r.fingerprint.machine_id, c.model, c.variant, c.runner, str(c.batch_size), c.seq_mode)
         groups.setdefault(ident, []).append(r)
     rows = []
     medians: dict[tuple[str, ...], float] = {}
-    for ident, rs in groups.items():
+    for key, rs in groups.items():
         p50s = [r.latency.p50 for r in rs if r.status == "ok" and r.latency]
         if p50s:
-            medians[ident] = statistics.median(p50s)
+            medians[key] = statistics.median(p50s)
     for ident, rs in sorted(groups.items()):
         machine, model, variant, runner, batch, seq = ident
         ok = [r for r in rs if r.status == "ok" and r.latency]
