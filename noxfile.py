@@ -59,6 +59,14 @@ def reference(session: nox.Session) -> None:
     session.run("python", "-m", "builders", "reference", *args, env={"HF_HUB_OFFLINE": "1"})
 
 
+@nox.session(python=PYTHON, name="benchmark-cpu")
+def benchmark_cpu(session: nox.Session) -> None:
+    """Build and measure the `default` profile on this CPU (args go to `python -m bench`, e.g. --profile smoke)."""
+    _install(session, "cpu")
+    args = session.posargs or ["--profile", "default"]
+    session.run("python", "-m", "bench", "--device", "cpu", *args, env={"HF_HUB_OFFLINE": "1"})
+
+
 @nox.session(python=False)
 def clean(session: nox.Session) -> None:
     """Remove generated artefacts, results and site (asks nothing: use with care)."""
