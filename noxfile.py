@@ -27,7 +27,7 @@ def _install(session: nox.Session, *groups: str, lock: str = "tests") -> None:
     """
     session.install("pip>=26")
     requirements: list[str] = []
-    for group in groups:
+    for group in ("core", *groups):
         requirements += nox.project.dependency_groups(PYPROJECT, group)
     constraints = ["-c", str(ROOT / "locks" / f"{lock}.txt")]
     session.install(*constraints, *dict.fromkeys(requirements))
@@ -59,12 +59,42 @@ def reference(session: nox.Session) -> None:
     session.run("python", "-m", "builders", "reference", *args, env={"HF_HUB_OFFLINE": "1"})
 
 
+def _bench_args(session: nox.Session, device: str) -> list[str]:
+    """posargs for `python -m bench`, with the runtime defaulting to docker and the profile to default."""
+    args = list(session.posargs)
+    if "--profile" not in args:
+        args += ["--profile", "default"]
+    if "--runtime" not in args:
+        args += ["--runtime", "docker"]
+    return ["--device", device, *args]
+
+
+def _benchmark(session: nox.Session, device: str) -> None:
+    args = _bench_args(session, device)
+    runtime = args[args.index("--runtime") + 1]
+    # docker: this venv only plans and launches (the image holds torch & co); venv: jobs run here.
+    groups = ["report"] if runtime == "docker" else ["report", "cpu" if device == "cpu" else "gpu"]
+    _install(session, *groups)
+    session.run("python", "-m", "bench", *args, env={"HF_HUB_OFFLINE": "1"})
+
+
+@nox.session(python=PYTHON)
+def images(session: nox.Session) -> None:
+    """Build the container images (`-- cpu`, `-- cuda`; add `--wheelhouse DIR` for local torch wheels)."""
+    _install(session)
+    session.run("python", "-m", "bench.docker", *(session.posargs or ["cpu"]))
+
+
 @nox.session(python=PYTHON, name="benchmark-cpu")
 def benchmark_cpu(session: nox.Session) -> None:
-    """Build and measure the `default` profile on this CPU (args go to `python -m bench`, e.g. --profile smoke)."""
-    _install(session, "cpu")
-    args = session.posargs or ["--profile", "default"]
-    session.run("python", "-m", "bench", "--device", "cpu", *args, env={"HF_HUB_OFFLINE": "1"})
+    """Run the matrix on this CPU in containers (`-- --profile smoke|default|full`, `--runtime venv`)."""
+    _benchmark(session, "cpu")
+
+
+@nox.session(python=PYTHON, name="benchmark-gpu", default=False)
+def benchmark_gpu(session: nox.Session) -> None:
+    """Run the matrix's CUDA cells in the CUDA image (needs an NVIDIA GPU and its container runtime)."""
+    _benchmark(session, "cuda")
 
 
 @nox.session(python=False)

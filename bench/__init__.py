@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from quantmatrix.errors import SpecError
 from quantmatrix.plan import REFERENCE, build_jobs
@@ -32,6 +33,7 @@ class Job:
     model: str = ""
     variant: str = ""
     runner: str = ""
+    repeat: int = 0
     device: str = "cpu"
     network: bool = False  # builders may need PyPI-free network (never hubs); runners never
     state: str = "queued"
@@ -120,6 +122,7 @@ def plan(
                     model=model,
                     variant=variant,
                     runner=runner,
+                    repeat=repeat,
                     device=device,
                     deps=[build_names[(model, variant)]],
                     argv=[
@@ -176,7 +179,13 @@ def exit_reason(code: int, timeout: float) -> str:
 
 
 def execute(
-    plan_: Plan, launcher: Launcher, store: Store, *, timeout: float = 3600, log: Callable[[str], None] = print
+    plan_: Plan,
+    launcher: Launcher,
+    store: Store,
+    *,
+    timeout: float = 3600,
+    log: Callable[[str], None] = print,
+    on_failure: Callable[[Job], None] | None = None,
 ) -> list[Job]:
     """Run jobs in dependency order. A failed build fails its dependants' runs with its reason; others go on."""
     jobs = plan_.jobs
@@ -203,6 +212,8 @@ def execute(
                 job.state = "failed"
                 last = [ln for ln in output.strip().splitlines() if ln.strip()]
                 job.reason = f"{exit_reason(code, timeout)}: {last[-1][:300] if last else 'no output'}"
+                if on_failure is not None:
+                    on_failure(job)
         log(_line(i, total, job, job.state, t_start))
     return jobs
 
@@ -218,3 +229,34 @@ def _line(i: int, total: int, job: Job, state: str, t_start: float) -> str:
     extra = f"  {job.reason}" if state == "failed" and job.reason else ""
     bar = _bar(i if state != "running" else i - 1, total)
     return f"{bar} {i:3}/{total} {state:8}{took} {job.name}{extra}  (t+{elapsed:.0f}s)"
+
+
+def record_failure(job: Job, matrix: Matrix, profile: str, store: Store, results: Path, run_id: str) -> None:
+    """Make a job that died without saying why (killed, timed out, crashed) leave a record that does.
+
+    A build gets a `failed` manifest (unless it wrote one itself); a run gets `failed` results for
+    every cell it did not write, with the reason and the tail of its log.
+    """
+    from quantmatrix.hardware import fingerprint
+    from quantmatrix.records import Manifest
+    from quantmatrix.store import now_iso
+
+    if job.kind == "build" and job.key:
+        current = store.read_any(job.key)
+        if current is None or current.status == "ok":
+            store.record_failure(
+                Manifest(
+                    key=job.key, builder="?", variant=job.variant, model=job.model, format="none",
+                    precision="n/a", task=matrix.models[job.model].task, status="failed", reason=job.reason,
+                    environment=fingerprint(), created=now_iso(), extra={"log_tail": job.log_tail},
+                )
+            )  # fmt: skip
+        return
+    if job.kind == "run":
+        from runners.job import RunJob
+
+        run = RunJob(
+            matrix, profile, job.model, job.variant, job.runner,
+            artifacts=store.root, results=results, run_id=run_id, repeat=job.repeat, log=lambda _: None,
+        )  # fmt: skip
+        run.write_all(run.pending(), "?", "failed", job.reason, log_tail=job.log_tail)

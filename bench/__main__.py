@@ -1,6 +1,9 @@
 """`python -m bench`: run a matrix profile end to end on this machine and print the summary.
 
-    python -m bench --profile default --device cpu [--runtime local|venv|docker] [--run-id ID]
+    python -m bench --profile default --device cpu [--runtime docker|venv|local] [--run-id ID]
+
+Runtimes: `docker` runs every job in its own `docker run --rm` of the device's image (built first
+if its content hash is new); `venv`/`local` run them as subprocesses of this Python environment.
 
 Reruns with the same run id resume: complete artefacts and results are reused.
 """
@@ -8,6 +11,7 @@ Reruns with the same run id resume: complete artefacts and results are reused.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,7 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--matrix", type=Path, default=Path("matrix.toml"))
     ap.add_argument("--profile", default="default")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    ap.add_argument("--runtime", choices=["local", "venv"], default="local")
+    ap.add_argument("--runtime", choices=["docker", "venv", "local"], default="local")
+    ap.add_argument("--cpuset", default=None, help="docker: CPUs the containers may use, e.g. 0-1")
+    ap.add_argument("--memory", default=None, help="docker: memory limit per container, e.g. 8g")
+    ap.add_argument("--wheelhouse", type=Path, default=None, help="docker: directory with torch-*+cpu wheels")
+    ap.add_argument("--torch-index-url", default=None, help="docker: PyTorch wheel index ('' for none)")
     ap.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     ap.add_argument("--results", type=Path, default=Path("results"))
     ap.add_argument("--run-id", default=None, help="default: <profile>-<device>-<machine id> (reruns resume)")
@@ -32,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import builders
     import runners
-    from bench import Launcher, execute, plan
+    from bench import Job, Launcher, execute, plan, record_failure
     from quantmatrix.hardware import describe, fingerprint
     from quantmatrix.spec import load_matrix
     from quantmatrix.store import Store
@@ -43,6 +51,28 @@ def main(argv: list[str] | None = None) -> int:
         matrix = load_matrix(args.matrix, builders=b, backends=r)
         fp = fingerprint()
         run_id = args.run_id or f"{args.profile}-{args.device}-{fp.machine_id}"
+        matrix_arg, artifacts_arg, results_arg = str(args.matrix), str(args.artifacts), str(args.results)
+        launcher: Launcher = Launcher()
+        if args.runtime == "docker":
+            from bench.docker import DockerLauncher, check_nvidia_runtime, container_paths, docker_binary, ensure_image
+
+            docker = docker_binary()
+            tag = ensure_image(args.device, torch_index_url=args.torch_index_url, wheelhouse=args.wheelhouse)
+            if args.device == "cuda":
+                check_nvidia_runtime(docker)
+            launcher = DockerLauncher(
+                image=tag,
+                matrix_dir=args.matrix.resolve().parent,
+                artifacts=args.artifacts.resolve(),
+                results=args.results.resolve(),
+                docker=docker,
+                cpuset=args.cpuset,
+                memory=args.memory,
+                gpus=args.device == "cuda",
+            )
+            matrix_arg, artifacts_arg, results_arg = container_paths(args.matrix)
+        else:
+            os.environ["QUANTMATRIX_RUNTIME"] = args.runtime  # children record how they were launched
         p = plan(
             matrix,
             args.profile,
@@ -50,18 +80,23 @@ def main(argv: list[str] | None = None) -> int:
             builder_formats={k: v.output_format for k, v in b.items()},
             backend_formats={k: v.formats for k, v in r.items()},
             run_id=run_id,
-            matrix_arg=str(args.matrix),
-            artifacts_arg=str(args.artifacts),
-            results_arg=str(args.results),
+            matrix_arg=matrix_arg,
+            artifacts_arg=artifacts_arg,
+            results_arg=results_arg,
             repeats=args.repeats,
         )
         print(f"machine: {describe(fp)}")
         print(
             f"profile {args.profile} on {args.device}: {len(p.jobs)} jobs, {p.cells} result cells, "
-            f"run id {run_id}, runtime {args.runtime}"
+            f"run id {run_id}, runtime {launcher.describe()}"
         )
         t0 = time.perf_counter()
-        jobs = execute(p, Launcher(), Store(args.artifacts), timeout=args.timeout)
+        store = Store(args.artifacts)
+
+        def on_failure(job: Job) -> None:
+            record_failure(job, matrix, args.profile, store, args.results.resolve(), run_id)
+
+        jobs = execute(p, launcher, store, timeout=args.timeout, on_failure=on_failure)
         print(f"\nfinished in {time.perf_counter() - t0:.0f}s")
         results, errors = load_results([args.results / run_id])
         print(render_text(summarise(results)))

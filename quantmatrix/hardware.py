@@ -14,6 +14,7 @@ import socket
 import subprocess
 from importlib import metadata
 from pathlib import Path
+from typing import Literal
 
 from quantmatrix.records import Fingerprint
 
@@ -222,7 +223,7 @@ def fingerprint(image: str | None = None, runtime: str = "local") -> Fingerprint
         git_dirty=dirty,
         tensorrt_version=packages.get("tensorrt"),
         image=image or os.environ.get("QUANTMATRIX_IMAGE"),
-        runtime=runtime if runtime in ("docker", "venv", "local") else "local",
+        runtime=_runtime(runtime),
         **gpu,
     )
 
@@ -232,3 +233,11 @@ def describe(fp: Fingerprint) -> str:
     gpu = f"{fp.gpu_name} (driver {fp.gpu_driver}, CUDA {fp.cuda_version})" if fp.gpu_name else "no GPU"
     flags = " ".join(f for f in fp.cpu_flags if f.startswith(("avx", "amx")))
     return f"{fp.cpu_model} ({fp.cpu_cores_logical} cores, {flags or 'no AVX'}), {fp.ram_bytes / 2**30:.0f} GiB, {gpu}"
+
+
+def _runtime(default: str) -> Literal["docker", "venv", "local"]:
+    """How this process was launched: the launcher says so in QUANTMATRIX_RUNTIME."""
+    value = os.environ.get("QUANTMATRIX_RUNTIME", default)
+    if value == "docker":
+        return "docker"
+    return "venv" if value == "venv" else "local"

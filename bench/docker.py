@@ -1,0 +1,238 @@
+"""Container images and the Docker launcher: the same job argv, run in `docker run --rm`.
+
+Image tags are content hashes (Dockerfile + lock + project code), so an unchanged image is found
+by tag and never rebuilt. Runner and builder containers get no network, a read-only root, a tmpfs
+/tmp, no capabilities and the caller's uid/gid; CPU set and thread counts are explicit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import Job, Launcher
+from quantmatrix.errors import QuantmatrixError
+
+ROOT = Path(__file__).resolve().parent.parent
+CODE_DIRS = ("quantmatrix", "builders", "runners", "bench")
+DEVICES = ("cpu", "cuda")
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+class DockerError(QuantmatrixError):
+    """Docker is missing, unreachable, or an image could not be built."""
+
+
+def docker_binary() -> str:
+    """The docker client: $QUANTMATRIX_DOCKER, else `docker` on PATH (needs BuildKit for builds)."""
+    chosen = os.environ.get("QUANTMATRIX_DOCKER") or shutil.which("docker")
+    if not chosen:
+        raise DockerError(
+            "no docker client found: install Docker (https://docs.docker.com/engine/install/), "
+            "set QUANTMATRIX_DOCKER=/path/to/docker, or use --runtime venv"
+        )
+    return chosen
+
+
+def check_engine(docker: str) -> None:
+    proc = subprocess.run([docker, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise DockerError(
+            f"no Docker engine reachable via {docker} ({detail}); start dockerd "
+            "(containers/provision.sh does it on Debian) or use --runtime venv"
+        )
+
+
+def check_nvidia_runtime(docker: str) -> None:
+    """benchmark-gpu needs an NVIDIA GPU and the NVIDIA container runtime; say which is missing."""
+    if not shutil.which("nvidia-smi") or subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode:
+        raise DockerError("no NVIDIA GPU: nvidia-smi is missing or sees no GPU (GPU cells need one)")
+    proc = subprocess.run([docker, "info", "--format", "{{json .Runtimes}}"], capture_output=True, text=True)
+    if "nvidia" not in proc.stdout:
+        raise DockerError(
+            "the NVIDIA container runtime is missing from Docker (install nvidia-container-toolkit and "
+            "run `nvidia-ctk runtime configure --runtime=docker`), or use --runtime venv"
+        )
+
+
+def lock_file(device: str) -> Path:
+    return ROOT / "containers" / f"{device}.lock.txt"
+
+
+def dockerfile(device: str) -> Path:
+    return ROOT / "containers" / f"{device}.Dockerfile"
+
+
+def image_tag(device: str) -> str:
+    """`quantmatrix-<device>:<12 hex>` over the Dockerfile, the lock and every code file baked in."""
+    h = hashlib.sha256()
+    files = [dockerfile(device), lock_file(device)]
+    for d in CODE_DIRS:
+        files += sorted(p for p in (ROOT / d).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    for p in files:
+        h.update(str(p.relative_to(ROOT)).encode())
+        h.update(p.read_bytes())
+    return f"quantmatrix-{device}:{h.hexdigest()[:12]}"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def git_commit() -> str:
+    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return proc.stdout.strip() or "unknown"
+
+
+def image_exists(docker: str, tag: str) -> bool:
+    return subprocess.run([docker, "image", "inspect", tag], capture_output=True).returncode == 0
+
+
+def build_command(
+    docker: str, device: str, tag: str, *, torch_index_url: str | None, ca_bundle: Path | None
+) -> list[str]:
+    cmd = [docker, "build", "-f", str(dockerfile(device)), "-t", tag, "--progress=plain"]
+    cmd += ["--build-arg", f"GIT_COMMIT={git_commit()}", "--build-arg", f"LOCK_SHA256={sha256(lock_file(device))}"]
+    if torch_index_url is not None:
+        cmd += ["--build-arg", f"TORCH_INDEX_URL={torch_index_url}"]
+    if base := os.environ.get("QUANTMATRIX_BASE_IMAGE"):
+        cmd += ["--build-arg", f"BASE_IMAGE={base}"]
+    if ca_bundle is not None and ca_bundle.is_file():
+        cmd += ["--secret", f"id=ca,src={ca_bundle}"]
+    return [*cmd, str(ROOT)]
+
+
+def ensure_image(
+    device: str,
+    *,
+    torch_index_url: str | None = None,
+    wheelhouse: Path | None = None,
+    ca_bundle: Path | None = CA_BUNDLE,
+    log: Callable[[str], None] = print,
+) -> str:
+    """The image's tag, building it first (with progress shown) unless an image with that tag exists."""
+    docker = docker_binary()
+    check_engine(docker)
+    tag = image_tag(device)
+    if image_exists(docker, tag):
+        log(f"[cached] image {tag}")
+        return tag
+    house = ROOT / "wheelhouse"
+    house.mkdir(exist_ok=True)  # bind-mounted into the build; may stay empty
+    if wheelhouse is not None:
+        for wheel in sorted(Path(wheelhouse).glob("torch-*.whl")):
+            if not (house / wheel.name).exists():
+                shutil.copy2(wheel, house / wheel.name)
+                log(f"wheelhouse: {wheel.name}")
+    cmd = build_command(docker, device, tag, torch_index_url=torch_index_url, ca_bundle=ca_bundle)
+    log(f"[build ] image {tag}: {' '.join(cmd)}")
+    env = {**os.environ, "DOCKER_BUILDKIT": "1"}
+    proc = subprocess.run(cmd, env=env)
+    if proc.returncode != 0:
+        raise DockerError(
+            f"building {tag} failed (exit {proc.returncode}); the build log is above. Without "
+            "network to the PyTorch index pass --wheelhouse DIR holding torch-*+cpu wheels"
+        )
+    return tag
+
+
+@dataclass
+class DockerLauncher(Launcher):
+    """Runs a job's argv as `docker run --rm IMAGE python <argv>` with the matrix, artefacts and results mounted."""
+
+    image: str
+    matrix_dir: Path
+    artifacts: Path
+    results: Path
+    docker: str = "docker"
+    cpuset: str | None = None
+    memory: str | None = None
+    gpus: bool = False
+    name: str = "docker"
+
+    # Paths inside the container; plan() writes them into every job's argv.
+    MATRIX_DIR = "/work/matrix"
+    ARTIFACTS = "/work/artifacts"
+    RESULTS = "/work/results"
+
+    def describe(self) -> str:
+        return f"docker ({self.image})"
+
+    def command(self, job: Job, container: str) -> list[str]:
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        self.results.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            self.docker, "run", "--rm", "--name", container,
+            "--user", f"{os.getuid()}:{os.getgid()}",
+            "--network", "none",
+            "--read-only", "--tmpfs", "/tmp:rw,exec,size=4g",
+            "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--pids-limit", "512",
+            "-v", f"{self.matrix_dir}:{self.MATRIX_DIR}:ro",
+            "-v", f"{self.artifacts}:{self.ARTIFACTS}",
+            "-v", f"{self.results}:{self.RESULTS}",
+            "-e", "QUANTMATRIX_RUNTIME=docker", "-e", f"QUANTMATRIX_IMAGE={self.image}",
+        ]  # fmt: skip
+        if self.cpuset:
+            cmd += ["--cpuset-cpus", self.cpuset]
+        if self.memory:
+            cmd += ["--memory", self.memory, "--memory-swap", self.memory]
+        if self.gpus:
+            cmd += ["--gpus", "all"]
+        return [*cmd, self.image, *job.argv]
+
+    def launch(self, job: Job, timeout: float) -> tuple[int, str]:
+        container = f"qm-{uuid.uuid4().hex[:12]}"
+        try:
+            proc = subprocess.run(self.command(job, container), capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            subprocess.run([self.docker, "rm", "-f", container], capture_output=True)
+            out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+            return 124, out
+        except BaseException:  # Ctrl-C: never leave a container running behind us
+            subprocess.run([self.docker, "rm", "-f", container], capture_output=True)
+            raise
+        return proc.returncode, proc.stdout + proc.stderr
+
+
+def container_paths(matrix: Path) -> tuple[str, str, str]:
+    """(matrix, artifacts, results) arguments as the container sees them."""
+    return (f"{DockerLauncher.MATRIX_DIR}/{matrix.name}", DockerLauncher.ARTIFACTS, DockerLauncher.RESULTS)
+
+
+def parse_devices(args: Sequence[str]) -> list[str]:
+    devices = list(args) or ["cpu"]
+    for d in devices:
+        if d not in DEVICES:
+            raise DockerError(f"unknown image {d!r}: expected one of {', '.join(DEVICES)}")
+    return devices
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m bench.docker [cpu] [cuda] [--wheelhouse DIR] [--torch-index-url URL]`: build images."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m bench.docker", description="Build quantmatrix images.")
+    ap.add_argument("devices", nargs="*", default=["cpu"])
+    ap.add_argument("--wheelhouse", type=Path, default=None, help="directory with torch-*+cpu wheels")
+    ap.add_argument("--torch-index-url", default=None, help="PyTorch wheel index ('' for none)")
+    args = ap.parse_args(argv)
+    try:
+        for device in parse_devices(args.devices):
+            tag = ensure_image(device, torch_index_url=args.torch_index_url, wheelhouse=args.wheelhouse)
+            print(f"{device}: {tag}")
+    except QuantmatrixError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,74 @@
+# quantmatrix CUDA image: PyTorch CUDA, ONNX Runtime GPU, TensorRT (a build argument), pycuda.
+#
+#   nox -s images -- cuda
+#   docker run --gpus all ...        (needs the NVIDIA container runtime on the host)
+#
+# CUDA user space comes from PyPI wheels (PyTorch's CUDA build, onnxruntime-gpu, cuda-python), so
+# the base only needs the driver-facing environment. pycuda is a source package: it is compiled in
+# its own stage against the headers shipped in NVIDIA's PyPI wheels plus a generated libcuda.so
+# link stub (containers/make_libcuda_stub.py), and only the wheel reaches the runtime stage.
+# TENSORRT_REQUIREMENT defaults to the real package; pass an empty value where NVIDIA's package
+# index is unreachable, and TensorRT cells report "skipped: TensorRT not installed".
+
+ARG BASE_IMAGE=nvidia/cuda:13.0.1-base-ubuntu24.04
+
+FROM ${BASE_IMAGE} AS python
+ENV DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc g++ ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+
+FROM python AS pycuda
+ARG PYCUDA_VERSION=2026.1
+COPY containers/make_libcuda_stub.py /tmp/make_libcuda_stub.py
+RUN --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+    && python3 -m venv /opt/build \
+    && /opt/build/bin/pip install --upgrade "pip>=26" wheel setuptools \
+    && /opt/build/bin/pip install "nvidia-cuda-runtime==13.0.96" "nvidia-curand==10.4.0.35" \
+       "nvidia-cuda-profiler-api~=13.0.0" "nvidia-cuda-crt~=13.0.0" \
+       "numpy==2.4.6" \
+    && /opt/build/bin/python /tmp/make_libcuda_stub.py /opt/cuda-stub \
+    && CUDA_ROOT=/opt/cuda-stub /opt/build/bin/pip wheel --no-deps --no-build-isolation \
+       --wheel-dir /wheels "pycuda==${PYCUDA_VERSION}"
+
+FROM python AS build
+ARG TENSORRT_REQUIREMENT="tensorrt-cu13==10.16.1.11"
+COPY containers/cuda.lock.txt /tmp/cuda.lock.txt
+COPY --from=pycuda /wheels /wheels
+RUN --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+    && python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --upgrade "pip>=26" \
+    && /opt/venv/bin/pip install -r /tmp/cuda.lock.txt \
+    && /opt/venv/bin/pip install --no-deps /wheels/pycuda-*.whl \
+    && if [ -n "${TENSORRT_REQUIREMENT}" ]; then /opt/venv/bin/pip install "${TENSORRT_REQUIREMENT}"; fi
+
+FROM ${BASE_IMAGE} AS runtime
+ARG GIT_COMMIT=unknown
+ARG LOCK_SHA256=unknown
+LABEL org.opencontainers.image.title="quantmatrix-cuda" \
+      org.opencontainers.image.revision="${GIT_COMMIT}" \
+      io.quantmatrix.lock-sha256="${LOCK_SHA256}"
+ENV DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --uid 10001 --create-home --shell /usr/sbin/nologin quantmatrix
+COPY --from=build /opt/venv /opt/venv
+COPY quantmatrix /app/quantmatrix
+COPY builders /app/builders
+COPY runners /app/runners
+COPY bench /app/bench
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/app \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/tmp \
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    QUANTMATRIX_GIT_COMMIT=${GIT_COMMIT} \
+    QUANTMATRIX_IMAGE_LOCK=${LOCK_SHA256}
+USER 10001
+WORKDIR /work
+ENTRYPOINT ["python3"]
