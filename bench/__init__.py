@@ -171,8 +171,10 @@ class Launcher:
 def exit_reason(code: int, timeout: float) -> str:
     if code == 124:
         return f"timed out after {timeout:.0f}s"
-    if code in (137, -9):
+    if code == 137:
         return "killed: out of memory (exit 137)"
+    if code == -9:
+        return "killed by SIGKILL (the kernel's OOM killer sends this too: check memory)"
     if code < 0:
         return f"killed by signal {-code}"
     return f"exit code {code}"
@@ -186,6 +188,7 @@ def execute(
     timeout: float = 3600,
     log: Callable[[str], None] = print,
     on_failure: Callable[[Job], None] | None = None,
+    is_done: Callable[[Job], bool] | None = None,
 ) -> list[Job]:
     """Run jobs in dependency order. A failed build fails its dependants' runs with its reason; others go on."""
     jobs = plan_.jobs
@@ -197,6 +200,8 @@ def execute(
         failed_deps = [d for d in job.deps if by_name[d].state == "failed"]
         if job.kind == "build" and not failed_deps and store.lookup(job.key or "") is not None:
             job.state = "cached"
+        elif job.kind == "run" and not failed_deps and is_done is not None and is_done(job):
+            job.state = "cached"  # every cell already has a result for this artefact: nothing to launch
         elif failed_deps and job.kind == "build":
             job.state, job.reason = "failed", f"needs {failed_deps[0]}, which failed"
         else:
@@ -260,3 +265,14 @@ def record_failure(job: Job, matrix: Matrix, profile: str, store: Store, results
             artifacts=store.root, results=results, run_id=run_id, repeat=job.repeat, log=lambda _: None,
         )  # fmt: skip
         run.write_all(run.pending(), "?", "failed", job.reason, log_tail=job.log_tail)
+
+
+def run_is_done(job: Job, matrix: Matrix, profile: str, store: Store, results: Path, run_id: str) -> bool:
+    """True when every cell of a run job already has a result for the current artefact."""
+    from runners.job import RunJob
+
+    run = RunJob(
+        matrix, profile, job.model, job.variant, job.runner,
+        artifacts=store.root, results=results, run_id=run_id, repeat=job.repeat, log=lambda _: None,
+    )  # fmt: skip
+    return not run.pending()

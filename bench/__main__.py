@@ -14,9 +14,16 @@ import argparse
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from quantmatrix.errors import QuantmatrixError
+
+if TYPE_CHECKING:
+    from bench import Plan
+    from quantmatrix.records import Result
+    from quantmatrix.spec import MeasureSpec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import builders
     import runners
-    from bench import Job, Launcher, execute, plan, record_failure
+    from bench import Job, Launcher, execute, plan, record_failure, run_is_done
     from quantmatrix.hardware import describe, fingerprint
     from quantmatrix.spec import load_matrix
     from quantmatrix.store import Store
@@ -54,7 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         matrix_arg, artifacts_arg, results_arg = str(args.matrix), str(args.artifacts), str(args.results)
         launcher: Launcher = Launcher()
         if args.runtime == "docker":
-            from bench.docker import DockerLauncher, check_nvidia_runtime, container_paths, docker_binary, ensure_image
+            from bench.docker import (
+                DockerLauncher,
+                check_nvidia_runtime,
+                container_paths,
+                docker_binary,
+                ensure_image,
+                local_data,
+            )
 
             docker = docker_binary()
             tag = ensure_image(args.device, torch_index_url=args.torch_index_url, wheelhouse=args.wheelhouse)
@@ -62,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                 check_nvidia_runtime(docker)
             launcher = DockerLauncher(
                 image=tag,
-                matrix_dir=args.matrix.resolve().parent,
+                matrix=args.matrix.resolve(),
+                data=local_data(matrix),
                 artifacts=args.artifacts.resolve(),
                 results=args.results.resolve(),
                 docker=docker,
@@ -96,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         def on_failure(job: Job) -> None:
             record_failure(job, matrix, args.profile, store, args.results.resolve(), run_id)
 
-        jobs = execute(p, launcher, store, timeout=args.timeout, on_failure=on_failure)
+        def is_done(job: Job) -> bool:
+            return run_is_done(job, matrix, args.profile, store, args.results.resolve(), run_id)
+
+        jobs = execute(p, launcher, store, timeout=args.timeout, on_failure=on_failure, is_done=is_done)
         print(f"\nfinished in {time.perf_counter() - t0:.0f}s")
         results, errors = load_results([args.results / run_id])
         print(render_text(summarise(results)))
@@ -105,10 +123,30 @@ def main(argv: list[str] | None = None) -> int:
         failed = [j for j in jobs if j.state == "failed"]
         for j in failed:
             print(f"FAILED {j.name}: {j.reason}", file=sys.stderr)
-        return 1 if failed else 0
+        missing = missing_cells(p, matrix.profile(args.profile).measure, results)
+        counts = Counter(r.status for r in results)
+        print(f"cells: {p.cells} planned; results " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        for cell in missing:
+            print(f"MISSING result for {cell}", file=sys.stderr)
+        return 1 if failed or missing else 0
     except QuantmatrixError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def missing_cells(p: Plan, measure: MeasureSpec, results: list[Result]) -> list[str]:
+    """Cells the plan promised that have no schema-valid result file."""
+    have = {(r.cell.model, r.cell.variant, r.cell.runner, r.cell.repeat, r.cell.batch_size, r.cell.seq_mode)
+            for r in results}  # fmt: skip
+    missing = []
+    for job in p.jobs:
+        if job.kind != "run":
+            continue
+        for b in measure.batch_sizes:
+            for s in measure.seq_modes:
+                if (job.model, job.variant, job.runner, job.repeat, b, s) not in have:
+                    missing.append(f"{job.model}/{job.variant} on {job.runner} b{b} {s} round {job.repeat + 1}")
+    return missing
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bench import Job, Launcher
 from quantmatrix.errors import QuantmatrixError
+from quantmatrix.spec import Matrix
 
 ROOT = Path(__file__).resolve().parent.parent
 CODE_DIRS = ("quantmatrix", "builders", "runners", "bench")
@@ -148,13 +149,14 @@ class DockerLauncher(Launcher):
     """Runs a job's argv as `docker run --rm IMAGE python <argv>` with the matrix, artefacts and results mounted."""
 
     image: str
-    matrix_dir: Path
+    matrix: Path
     artifacts: Path
     results: Path
     docker: str = "docker"
     cpuset: str | None = None
     memory: str | None = None
     gpus: bool = False
+    data: Sequence[Path] = ()  # local dataset files/directories the matrix names
     name: str = "docker"
 
     # Paths inside the container; plan() writes them into every job's argv.
@@ -162,19 +164,45 @@ class DockerLauncher(Launcher):
     ARTIFACTS = "/work/artifacts"
     RESULTS = "/work/results"
 
+    # The image's own non-root user: used when the caller is root, so no container runs as root.
+    IMAGE_UID = 10001
+
+    def __post_init__(self) -> None:
+        for d in (self.artifacts, self.results):
+            d.mkdir(parents=True, exist_ok=True)
+            if os.getuid() == 0:  # let the image's user write there (root on the host still can)
+                for path in [d, *d.rglob("*")]:
+                    os.chown(path, self.IMAGE_UID, self.IMAGE_UID, follow_symlinks=False)
+
+    def user(self) -> str:
+        """The caller's uid/gid (files on the mounts stay theirs), or the image's user for root."""
+        uid = os.getuid()
+        return f"{self.IMAGE_UID}:{self.IMAGE_UID}" if uid == 0 else f"{uid}:{os.getgid()}"
+
     def describe(self) -> str:
-        return f"docker ({self.image})"
+        return f"docker ({self.image}, user {self.user()})"
+
+    def read_only_mounts(self) -> list[str]:
+        """The matrix file and the local data it names, each at the path the matrix expects.
+
+        Mounting single files (not the matrix's directory) keeps the rest of the checkout out of
+        the container and works whatever the directory's permissions.
+        """
+        base = self.matrix.parent
+        mounts = ["-v", f"{self.matrix}:{self.MATRIX_DIR}/{self.matrix.name}:ro"]
+        for path in self.data:
+            inside = f"{self.MATRIX_DIR}/{path.relative_to(base)}" if path.is_relative_to(base) else str(path)
+            mounts += ["-v", f"{path}:{inside}:ro"]
+        return mounts
 
     def command(self, job: Job, container: str) -> list[str]:
-        self.artifacts.mkdir(parents=True, exist_ok=True)
-        self.results.mkdir(parents=True, exist_ok=True)
         cmd = [
-            self.docker, "run", "--rm", "--name", container,
-            "--user", f"{os.getuid()}:{os.getgid()}",
+            self.docker, "run", "--name", container,
+            "--user", self.user(),
             "--network", "none",
             "--read-only", "--tmpfs", "/tmp:rw,exec,size=4g",
             "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--pids-limit", "512",
-            "-v", f"{self.matrix_dir}:{self.MATRIX_DIR}:ro",
+            *self.read_only_mounts(),
             "-v", f"{self.artifacts}:{self.ARTIFACTS}",
             "-v", f"{self.results}:{self.RESULTS}",
             "-e", "QUANTMATRIX_RUNTIME=docker", "-e", f"QUANTMATRIX_IMAGE={self.image}",
@@ -188,17 +216,29 @@ class DockerLauncher(Launcher):
         return [*cmd, self.image, *job.argv]
 
     def launch(self, job: Job, timeout: float) -> tuple[int, str]:
+        # Not --rm: the container is inspected after it exits (was it the OOM killer?), then removed.
         container = f"qm-{uuid.uuid4().hex[:12]}"
         try:
             proc = subprocess.run(self.command(job, container), capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as e:
-            subprocess.run([self.docker, "rm", "-f", container], capture_output=True)
+            self._remove(container)
             out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
             return 124, out
         except BaseException:  # Ctrl-C: never leave a container running behind us
-            subprocess.run([self.docker, "rm", "-f", container], capture_output=True)
+            self._remove(container)
             raise
-        return proc.returncode, proc.stdout + proc.stderr
+        code, output = proc.returncode, proc.stdout + proc.stderr
+        if code == 137:
+            state = subprocess.run(
+                [self.docker, "inspect", "--format", "{{.State.OOMKilled}}", container], capture_output=True, text=True
+            )
+            if state.stdout.strip() != "true":
+                code = -9  # killed by someone (docker kill, Ctrl-C elsewhere), not by the OOM killer
+        self._remove(container)
+        return code, output
+
+    def _remove(self, container: str) -> None:
+        subprocess.run([self.docker, "rm", "-f", container], capture_output=True)
 
 
 def container_paths(matrix: Path) -> tuple[str, str, str]:
@@ -236,3 +276,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def local_data(matrix: Matrix) -> list[Path]:
+    """Dataset files and directories on this machine that the matrix's datasets read."""
+    paths = []
+    for ds in matrix.datasets.values():
+        if ds.kind in ("file", "hf"):
+            p = Path(ds.location)
+            p = p if p.is_absolute() else matrix.path.parent / p
+            if p.exists():
+                paths.append(p.resolve())
+    return paths

@@ -108,7 +108,7 @@ class RunJob:
         return self.out / cell.file_name(self.model.name, self.variant, self.runner.name)
 
     def pending(self) -> list[CellPlan]:
-        """Cells without a result for this artefact yet (a rerun resumes here)."""
+        """Cells without a result for this artefact yet, or whose last attempt failed (a rerun resumes here)."""
         todo = []
         for cell in self.cells:
             try:
@@ -116,7 +116,7 @@ class RunJob:
             except RecordError:
                 todo.append(cell)
                 continue
-            if done.artifact_key != self.key:
+            if done.artifact_key != self.key or done.status == "failed":
                 todo.append(cell)
         return todo
 
