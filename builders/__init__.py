@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import os
 import pkgutil
+import shutil
 import tempfile
 import time
 import traceback
@@ -24,6 +26,18 @@ from quantmatrix.plan import REFERENCE, BuildJob, build_jobs
 from quantmatrix.records import Manifest
 from quantmatrix.spec import Matrix, ModelSpec, VariantSpec, parse_params
 from quantmatrix.store import Store, now_iso
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """Hard-link (or copy, across file systems) every file under `src` into `dst`."""
+    for path in sorted(src.rglob("*")):
+        if path.is_file():
+            target = dst / path.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, target)
+            except OSError:
+                shutil.copy2(path, target)
 
 
 @dataclass(frozen=True)

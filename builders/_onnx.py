@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,18 +15,6 @@ from quantmatrix.records import TensorSpec
 # 10 parsers less). Opsets up to 21 need no more than IR 10.
 MAX_IR_VERSION = 10
 ONNX_DTYPES = {1: "float32", 7: "int64", 6: "int32", 10: "float16", 3: "int8", 2: "uint8", 11: "float64"}
-
-
-def link_tree(src: Path, dst: Path) -> None:
-    """Hard-link (or copy, across file systems) every file under `src` into `dst`."""
-    for path in sorted(src.rglob("*")):
-        if path.is_file():
-            target = dst / path.relative_to(src)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(path, target)
-            except OSError:
-                shutil.copy2(path, target)
 
 
 def save_model(model: Any, path: Path) -> None:

@@ -11,8 +11,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from builders import BuildContext, builder
-from builders._onnx import cap_ir_version, graph_io, link_tree, load_tokenizer, opset_of, validation_check
+from builders import BuildContext, builder, link_tree
+from builders._onnx import cap_ir_version, graph_io, load_tokenizer, opset_of, validation_check
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.records import Manifest
 

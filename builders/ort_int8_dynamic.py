@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from builders import BuildContext, builder
-from builders._onnx import graph_io, link_tree, load_tokenizer, op_counts, opset_of, save_model, validation_check
+from builders import BuildContext, builder, link_tree
+from builders._onnx import graph_io, load_tokenizer, op_counts, opset_of, save_model, validation_check
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.records import Manifest
 

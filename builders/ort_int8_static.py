@@ -13,11 +13,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from builders import BuildContext, builder
+from builders import BuildContext, builder, link_tree
 from builders._onnx import (
     batches,
     graph_io,
-    link_tree,
     load_tokenizer,
     op_counts,
     opset_of,

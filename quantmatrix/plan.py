@@ -6,6 +6,7 @@ and cached jobs skipped — without importing torch or any builder.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,10 @@ from quantmatrix.store import artifact_key, code_digest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = "reference"
+
+
+# `from builders._onnx import ...`, `from quantmatrix.torch_recipes import ...`, `import builders.reference`
+_IMPORTS = re.compile(r"^\s*(?:from|import)\s+(builders|quantmatrix)\.(\w+)", re.MULTILINE)
 
 
 def builder_module(builder: str, root: Path = REPO_ROOT) -> Path:
@@ -39,10 +44,12 @@ def _code_version(builder: str, root: Path) -> str:
     module = builder_module(builder, root)
     if not module.is_file():
         raise SpecError(f"builder {builder!r}: no module {module.relative_to(root)}")
-    # Builder code plus everything builders share (private helper modules, model/data loading).
-    shared = sorted((root / "builders").glob("_*.py"))  # __init__.py and private helper modules
-    shared += [root / "quantmatrix" / name for name in ("hf.py", "data.py", "torch_recipes.py")]
-    return code_digest([module, *[p for p in shared if p.is_file()]])
+    # The builder's module, the framework every builder runs in, and the project modules it
+    # imports (so editing one builder's helpers never invalidates another builder's artefacts).
+    shared = [root / "builders" / "__init__.py", root / "quantmatrix" / "hf.py", root / "quantmatrix" / "data.py"]
+    imported = _IMPORTS.findall(module.read_text(encoding="utf-8"))
+    shared += [root / package / f"{name}.py" for package, name in imported]
+    return code_digest(dict.fromkeys(p for p in [module, *shared] if p.is_file()))
 
 
 def _model_identity(matrix: Matrix, model: ModelSpec, root: Path) -> dict[str, object]:

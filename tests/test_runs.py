@@ -56,6 +56,13 @@ builder = "onnx-fp32"
 from = "onnx-fp32"
 builder = "ort-int8-dynamic"
 
+[variants.torch-int8-dynamic]
+builder = "torch-int8-dynamic"
+
+[variants.torch-int8-dynamic-torchao]
+builder = "torch-int8-dynamic"
+params = { engine = "torchao" }
+
 [profiles.t]
 models = ["tiny"]
 variants = ["onnx-fp32", "ort-int8-dynamic"]
@@ -77,7 +84,8 @@ def built(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("built")
     (root / "matrix.toml").write_text(MATRIX)
     matrix = load_matrix(root / "matrix.toml", builders=builders.registry(), backends=runners.registry())
-    builders.build_with_deps(matrix, "tiny", ("onnx-fp32", "ort-int8-dynamic"), Store(root / "artifacts"))
+    variants = ("onnx-fp32", "ort-int8-dynamic", "torch-int8-dynamic", "torch-int8-dynamic-torchao")
+    builders.build_with_deps(matrix, "tiny", variants, Store(root / "artifacts"))
     return root
 
 
@@ -255,3 +263,24 @@ def test_summary_groups_rounds_and_reports_speedup(work):
     assert int8.speedup == pytest.approx(ref.p50_ms / int8.p50_ms)
     assert np.isfinite(int8.p50_ms)
     assert "ort-int8-dynamic" in render_text(rows)
+
+
+@pytest.mark.parametrize("variant", ["torch-int8-dynamic", "torch-int8-dynamic-torchao"])
+def test_torch_int8_recipes_rebuild_from_safetensors_and_run(built, work, variant):
+    art = _artefact(work, variant)
+    manifest = read_record(Manifest, art / "manifest.json")
+    assert manifest.precision == "int8" and manifest.extra["torch_loader"] == "recipe"
+    assert manifest.extra["quantized_linear"] > 0
+    # No copy and no pickle: the weights are the reference's own safetensors file (in the original store).
+    weights = [
+        built / "artifacts" / _artefact(work, v).name / "model" / "model.safetensors" for v in (variant, "reference")
+    ]
+    assert weights[0].samefile(weights[1])
+    assert not [p for p in art.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+    if variant == "torch-int8-dynamic":
+        assert "deprecated" in manifest.extra["deprecation"]
+    results = _run(work, variant, "torch-eager")
+    assert len(results) == 4 and all(r.status == "ok" and r.cell.precision == "int8" for r in results), [
+        r.reason for r in results
+    ]
+    assert results[0].agreement.top1 > 0.8

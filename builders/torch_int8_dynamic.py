@@ -1,0 +1,82 @@
+"""PyTorch dynamic INT8 PTQ of every nn.Linear: torch.ao `quantize_dynamic` or torchao `quantize_`.
+
+Steps: link the reference's safetensors (no copy) -> prepare/convert: apply the recipe once here
+to check it (module count, INT8 weight bytes, agreement with the reference) -> write the recipe
+into the manifest; the torch runner re-applies it at load (quantised modules are never pickled).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from builders import BuildContext, builder, link_tree
+from builders._onnx import load_tokenizer
+from quantmatrix.errors import QuantmatrixError
+from quantmatrix.records import Manifest
+from quantmatrix.torch_recipes import TORCH_AO_DEPRECATION, apply
+
+
+@dataclass(frozen=True)
+class TorchInt8DynamicParams:
+    engine: Literal["torch.ao", "torchao"] = "torch.ao"
+    check_examples: int = 128
+
+
+@builder("torch-int8-dynamic", params=TorchInt8DynamicParams, output_format="torch")
+def build(ctx: BuildContext, params: TorchInt8DynamicParams) -> Manifest:
+    from transformers import AutoModelForSequenceClassification
+
+    from builders.reference import predict_logits
+
+    ref = ctx.reference
+    if ref.manifest.format != "torch":
+        raise QuantmatrixError(f"torch-int8-dynamic quantises a torch reference, got {ref.manifest.format!r}")
+    link_tree(ref.path / (ref.manifest.entry or "model"), ctx.out / "model")
+    link_tree(ref.path / (ref.manifest.tokenizer or "tokenizer"), ctx.out / "tokenizer")
+    steps = ["link: reference model/ (safetensors) and tokenizer/ (hard links, no copy)"]
+
+    recipe = {"name": "dynamic-int8", "engine": params.engine}
+    model = AutoModelForSequenceClassification.from_pretrained(str(ctx.out / "model"), local_files_only=True).eval()
+    facts = apply(model, recipe)
+    api = (
+        "torch.ao.quantization.quantize_dynamic({nn.Linear}, qint8)"
+        if params.engine == "torch.ao"
+        else "torchao quantize_(Int8DynamicActivationInt8WeightConfig())"
+    )
+    steps.append(f"prepare+convert: {api} on {facts['quantized_linear']} Linear modules")
+
+    tokenizer = load_tokenizer(ctx.out / "tokenizer")
+    texts = [e.text for e in ctx.data.split("test")[: params.check_examples]]
+    logits = predict_logits(model, tokenizer, texts, ctx.model.max_length)
+    ref_logits = np.load(ref.path / "eval" / "test_logits.npy", allow_pickle=False)[: len(texts)]
+    check = {
+        "check_examples": len(texts),
+        "check_top1_agreement": round(float((logits.argmax(-1) == ref_logits.argmax(-1)).mean()), 6),
+        "check_max_abs_logit_diff": round(float(np.abs(logits - ref_logits).max()), 6),
+    }
+    steps.append(f"check: top-1 agreement {check['check_top1_agreement']:.3f} on {len(texts)} test examples")
+    steps.append("save: recipe in manifest (the runner re-applies it to the FP32 safetensors at load)")
+    extra = {
+        "torch_loader": "recipe",
+        "recipe": recipe,
+        "int8_weight_bytes": facts["int8_weight_bytes"],
+        "quantized_linear": facts["quantized_linear"],
+        "warnings": facts["warnings"],
+        "on_disk": "FP32 safetensors; the INT8 weights exist in memory after the recipe",
+    }
+    if params.engine == "torch.ao":
+        extra["deprecation"] = TORCH_AO_DEPRECATION
+    return ctx.manifest(
+        format="torch",
+        precision="int8",
+        params=params,
+        entry="model",
+        tokenizer="tokenizer",
+        device="cpu",
+        steps=steps,
+        metrics=check,
+        extra=extra,
+    )
