@@ -9,6 +9,7 @@ start) includes the quantisation.
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -46,13 +47,50 @@ def quantize_dynamic_int8(model: Any, engine: str) -> dict[str, Any]:
     return {"quantized_linear": len(linears), "int8_weight_bytes": int8_bytes, "warnings": notes}
 
 
+def export_for_pt2e(model: Any, example: dict[str, Any]) -> Any:
+    """torch.export of a HF classifier with dynamic batch and sequence dims, called by keyword."""
+    import torch
+
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    seq = torch.export.Dim("seq", min=2, max=int(getattr(model.config, "max_position_embeddings", 512)))
+    shapes = {name: {0: batch, 1: seq} for name in example}
+    with torch.no_grad():
+        return torch.export.export(model, (), kwargs=example, dynamic_shapes=shapes, strict=False)
+
+
+def pt2e_int8(model: Any, calibration: list[dict[str, list[list[int]]]], is_qat: bool = False) -> Any:
+    """Static INT8 via PT2E: export -> prepare_pt2e(X86InductorQuantizer) -> calibrate -> convert_pt2e.
+
+    `calibration` is a list of tokenised batches (input name -> token id rows). Returns the converted
+    graph module; torch.compile with inductor freezing lowers its quantize/dequantize pairs to
+    oneDNN INT8 kernels.
+    """
+    import torch
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    if not calibration:
+        raise ArtifactError("pt2e-int8 needs at least one calibration batch")
+    batches = [{k: torch.tensor(v, dtype=torch.long) for k, v in b.items()} for b in calibration]
+    exported = export_for_pt2e(model, batches[0])
+    quantizer = xiq.X86InductorQuantizer()
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(is_qat=is_qat))
+    prepared = prepare_pt2e(exported.module(), quantizer)
+    with torch.no_grad():
+        for batch in batches:
+            prepared(**batch)
+    return convert_pt2e(prepared)
+
+
 RECIPES = {"dynamic-int8": quantize_dynamic_int8}
+GRAPH_RECIPES = {"pt2e-int8": pt2e_int8}
 
 
 def apply(model: Any, recipe: dict[str, Any]) -> dict[str, Any]:
+    """Apply an in-place recipe (module swaps); returns facts for the manifest."""
     name = recipe.get("name")
     if name not in RECIPES:
-        raise ArtifactError(f"unknown torch recipe {name!r} (known: {', '.join(RECIPES)})")
+        raise ArtifactError(f"unknown torch recipe {name!r} (known: {', '.join([*RECIPES, *GRAPH_RECIPES])})")
     params = {k: v for k, v in recipe.items() if k != "name"}
     return RECIPES[name](model, **params)
 
@@ -65,7 +103,14 @@ def rebuild(path: Path, manifest: Manifest) -> Any:
     if not isinstance(recipe, dict):
         raise ArtifactError(f"artefact {manifest.key}: manifest extra.recipe is missing")
     model = AutoModelForSequenceClassification.from_pretrained(
-        str(path / (manifest.entry or "model")), local_files_only=True, use_safetensors=True
+        str(path / (manifest.entry or "model")),
+        local_files_only=True,
+        use_safetensors=True,
+        attn_implementation="eager",
     ).eval()
+    if recipe.get("name") in GRAPH_RECIPES:
+        params = {k: v for k, v in recipe.items() if k not in ("name", "calibration")}
+        calibration = json.loads((path / recipe["calibration"]).read_text(encoding="utf-8"))
+        return GRAPH_RECIPES[recipe["name"]](model, calibration, **params)
     apply(model, recipe)
     return model

@@ -1,4 +1,4 @@
-"""PyTorch runner: eager or `torch.compile`, on CPU or CUDA; loads safetensors or a PT2 export only."""
+"""PyTorch runner: eager or `torch.compile`, on CPU or CUDA; loads safetensors only (recipes rebuild INT8)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from runners import LoadRequest, Skip, runner
 class TorchParams:
     compile: bool = False
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    # Inductor freezing folds weights into constants; the x86 INT8 (PT2E) lowering needs it.
+    freezing: bool = True
     threads: int = 0
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
 
@@ -44,13 +46,13 @@ class TorchSession:
 
 
 def load_module(request: LoadRequest) -> Any:
-    """The artefact's nn.Module: a HF directory (safetensors) or a `torch.export` program (.pt2)."""
-    import torch
+    """The artefact's nn.Module from safetensors: a HF directory, or one rebuilt by a named recipe.
 
+    `.pt2` archives are refused: torch.export.load unpickles parts of them.
+    """
     entry = request.path / (request.manifest.entry or "model")
     if entry.suffix == ".pt2":
-        # torch.export archives hold tensors and a graph, not pickled code.
-        return torch.export.load(str(entry)).module()
+        raise Skip(f"{entry.name}: torch.export archives are not loaded (they contain pickles)")
     loader = request.manifest.extra.get("torch_loader", "hf")
     if loader == "hf":
         from transformers import AutoModelForSequenceClassification
@@ -73,10 +75,15 @@ def load(request: LoadRequest) -> TorchSession:
     if request.device == "cuda" and not torch.cuda.is_available():
         raise Skip("needs CUDA: no NVIDIA GPU/driver visible to PyTorch")
     torch.set_num_threads(request.threads)
-    module = load_module(request).eval().to(request.device)
+    module = load_module(request).to(request.device)
+    if hasattr(module, "eval") and not hasattr(module, "graph"):
+        module = module.eval()
     if p.dtype != "auto":
         module = module.to(getattr(torch, p.dtype))
     if p.compile:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = p.freezing
         module = torch.compile(module, mode=p.compile_mode, dynamic=True)
     names = tuple(t.name for t in request.manifest.io_inputs)
     return TorchSession(
@@ -86,6 +93,7 @@ def load(request: LoadRequest) -> TorchSession:
         {
             "compile": p.compile,
             "compile_mode": p.compile_mode if p.compile else None,
+            "freezing": p.freezing if p.compile else None,
             "dtype": p.dtype,
             "torch": torch.__version__,
             "interop_threads": torch.get_num_interop_threads(),
