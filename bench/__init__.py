@@ -168,6 +168,16 @@ class Launcher:
         return proc.returncode, proc.stdout + proc.stderr
 
 
+def failure_line(output: str) -> str:
+    """The line of a job's output that says why it failed (not a warning printed after it)."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    for marks in (("[failed]", "error:"), ("Error:", "Error ", "Exception:", "Killed")):
+        for line in reversed(lines):
+            if any(m in line for m in marks):
+                return line
+    return lines[-1] if lines else "no output"
+
+
 def exit_reason(code: int, timeout: float) -> str:
     if code == 124:
         return f"timed out after {timeout:.0f}s"
@@ -215,8 +225,7 @@ def execute(
                 job.state = "done"
             else:
                 job.state = "failed"
-                last = [ln for ln in output.strip().splitlines() if ln.strip()]
-                job.reason = f"{exit_reason(code, timeout)}: {last[-1][:300] if last else 'no output'}"
+                job.reason = f"{exit_reason(code, timeout)}: {failure_line(output)[:300]}"
                 if on_failure is not None:
                     on_failure(job)
         log(_line(i, total, job, job.state, t_start))
@@ -264,7 +273,8 @@ def record_failure(job: Job, matrix: Matrix, profile: str, store: Store, results
             matrix, profile, job.model, job.variant, job.runner,
             artifacts=store.root, results=results, run_id=run_id, repeat=job.repeat, log=lambda _: None,
         )  # fmt: skip
-        run.write_all(run.pending(), "?", "failed", job.reason, log_tail=job.log_tail)
+        # Only cells the job left without any record: its own `failed` records say more than we can.
+        run.write_all(run.pending(retry_failed=False), "?", "failed", job.reason, log_tail=job.log_tail)
 
 
 def run_is_done(job: Job, matrix: Matrix, profile: str, store: Store, results: Path, run_id: str) -> bool:

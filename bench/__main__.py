@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from collections import Counter
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per job")
     ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default: the profile's)")
     args = ap.parse_args(argv)
+    # One progress line per job, visible as it happens even when stdout is a file or a pipe.
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
 
     import builders
     import runners
@@ -74,9 +77,15 @@ def main(argv: list[str] | None = None) -> int:
             tag = ensure_image(args.device, torch_index_url=args.torch_index_url, wheelhouse=args.wheelhouse)
             if args.device == "cuda":
                 check_nvidia_runtime(docker)
+            # Every job reads the matrix as it was when the run was planned, even if the file is
+            # edited while the run goes on; the snapshot also records what the results came from.
+            snapshot = args.results.resolve() / run_id / "matrix.toml"
+            snapshot.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(args.matrix, snapshot)
             launcher = DockerLauncher(
                 image=tag,
-                matrix=args.matrix.resolve(),
+                matrix=snapshot,
+                data_base=args.matrix.resolve().parent,
                 data=local_data(matrix),
                 artifacts=args.artifacts.resolve(),
                 results=args.results.resolve(),

@@ -157,6 +157,7 @@ class DockerLauncher(Launcher):
     memory: str | None = None
     gpus: bool = False
     data: Sequence[Path] = ()  # local dataset files/directories the matrix names
+    data_base: Path | None = None  # the directory the matrix's relative data paths start from
     name: str = "docker"
 
     # Paths inside the container; plan() writes them into every job's argv.
@@ -188,8 +189,8 @@ class DockerLauncher(Launcher):
         Mounting single files (not the matrix's directory) keeps the rest of the checkout out of
         the container and works whatever the directory's permissions.
         """
-        base = self.matrix.parent
-        mounts = ["-v", f"{self.matrix}:{self.MATRIX_DIR}/{self.matrix.name}:ro"]
+        base = self.data_base or self.matrix.parent
+        mounts = ["-v", f"{self.matrix}:{self.MATRIX_DIR}/matrix.toml:ro"]
         for path in self.data:
             inside = f"{self.MATRIX_DIR}/{path.relative_to(base)}" if path.is_relative_to(base) else str(path)
             mounts += ["-v", f"{path}:{inside}:ro"]
@@ -243,7 +244,7 @@ class DockerLauncher(Launcher):
 
 def container_paths(matrix: Path) -> tuple[str, str, str]:
     """(matrix, artifacts, results) arguments as the container sees them."""
-    return (f"{DockerLauncher.MATRIX_DIR}/{matrix.name}", DockerLauncher.ARTIFACTS, DockerLauncher.RESULTS)
+    return (f"{DockerLauncher.MATRIX_DIR}/matrix.toml", DockerLauncher.ARTIFACTS, DockerLauncher.RESULTS)
 
 
 def parse_devices(args: Sequence[str]) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,31 @@ def save_model(model: Any, path: Path) -> None:
         model.opset_import.append(onnx.helper.make_opsetid(domain, 1))  # contrib ops (fusion output)
     onnx.save_model(model, str(path))
     onnx.checker.check_model(str(path))
+
+
+def export_onnx(model_dir: Path, output: Path, opset: int) -> None:
+    """Export a HF sequence classifier directory to one ONNX file with Optimum (IR version capped)."""
+    from optimum.exporters.onnx import main_export
+
+    with tempfile.TemporaryDirectory(dir=output.parent) as tmp, warnings.catch_warnings():
+        # Tracing warns about shape-dependent Python branches (TracerWarning); every caller checks
+        # the exported logits numerically against the reference, which is what matters.
+        warnings.simplefilter("ignore")
+        main_export(
+            str(model_dir),
+            tmp,
+            task="text-classification",
+            opset=opset,
+            do_validation=False,
+            local_files_only=True,
+            library_name="transformers",
+        )
+        exported = Path(tmp) / "model.onnx"
+        if not exported.is_file():
+            found = sorted(p.name for p in Path(tmp).iterdir())
+            raise QuantmatrixError(f"optimum wrote no model.onnx (found: {found})")
+        exported.rename(output)
+    cap_ir_version(output)
 
 
 def cap_ir_version(path: Path) -> None:

@@ -6,13 +6,10 @@ Steps: export (optimum.exporters.onnx.main_export, task text-classification) -> 
 
 from __future__ import annotations
 
-import tempfile
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 from builders import BuildContext, builder, link_tree
-from builders._onnx import cap_ir_version, graph_io, load_tokenizer, opset_of, validation_check
+from builders._onnx import export_onnx, graph_io, load_tokenizer, opset_of, validation_check
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.records import Manifest
 
@@ -27,32 +24,11 @@ class OnnxFp32Params:
 
 @builder("onnx-fp32", params=OnnxFp32Params, output_format="onnx")
 def build(ctx: BuildContext, params: OnnxFp32Params) -> Manifest:
-    from optimum.exporters.onnx import main_export
-
     ref = ctx.reference
     if ref.manifest.format != "torch":
         raise QuantmatrixError(f"onnx-fp32 exports a torch reference, got format {ref.manifest.format!r}")
-    with tempfile.TemporaryDirectory(dir=ctx.out.parent) as tmp, warnings.catch_warnings():
-        # Tracing warns about shape-dependent Python branches (TracerWarning); the export is
-        # checked numerically against the reference below, which is what matters.
-        warnings.simplefilter("ignore")
-        main_export(
-            str(ref.path / (ref.manifest.entry or "model")),
-            tmp,
-            task="text-classification",
-            opset=params.opset,
-            do_validation=False,  # validated below against the reference's own saved logits
-            local_files_only=True,
-            library_name="transformers",
-        )
-        exported = Path(tmp) / "model.onnx"
-        if not exported.is_file():
-            raise QuantmatrixError(
-                f"optimum wrote no model.onnx (found: {sorted(p.name for p in Path(tmp).iterdir())})"
-            )
-        exported.rename(ctx.out / "model.onnx")
+    export_onnx(ref.path / (ref.manifest.entry or "model"), ctx.out / "model.onnx", params.opset)
     model_path = ctx.out / "model.onnx"
-    cap_ir_version(model_path)
     steps = [f"export: optimum main_export task=text-classification opset={params.opset}"]
     link_tree(ref.path / (ref.manifest.tokenizer or "tokenizer"), ctx.out / "tokenizer")
     tokenizer = load_tokenizer(ctx.out / "tokenizer")

@@ -47,7 +47,7 @@ def build(ctx: BuildContext, params: TorchInt8Pt2eParams) -> Manifest:
         enc = encode(tokenizer, texts[i : i + params.calibration_batch_size], ctx.model.max_length)
         calibration.append({k: enc[k].tolist() for k in names})
     (ctx.out / "calibration.json").write_text(json.dumps(calibration), encoding="utf-8")
-    recipe = {"name": "pt2e-int8", "calibration": "calibration.json", "is_qat": False}
+    recipe = {"name": "pt2e-int8", "calibration": "calibration.json"}
     manifest = ctx.manifest(
         format="torch", precision="int8", params=params, entry="model", tokenizer="tokenizer", device="cpu",
         extra={"torch_loader": "recipe", "recipe": recipe, "serve": "torch.compile with inductor freezing"},

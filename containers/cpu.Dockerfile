@@ -40,8 +40,9 @@ LABEL org.opencontainers.image.title="quantmatrix-cpu" \
       org.opencontainers.image.revision="${GIT_COMMIT}" \
       io.quantmatrix.lock-sha256="${LOCK_SHA256}"
 ENV DEBIAN_FRONTEND=noninteractive
+# g++ and the Python headers: torch.compile (inductor) generates and compiles C++ at run time.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 ca-certificates \
+    && apt-get install -y --no-install-recommends python3 python3-dev g++ ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --uid 10001 --create-home --shell /usr/sbin/nologin quantmatrix
 COPY --from=build /opt/venv /opt/venv

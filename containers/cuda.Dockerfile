@@ -45,6 +45,7 @@ RUN --mount=type=secret,id=ca \
     && if [ -n "${TENSORRT_REQUIREMENT}" ]; then /opt/venv/bin/pip install "${TENSORRT_REQUIREMENT}"; fi
 
 FROM ${BASE_IMAGE} AS runtime
+# g++ and the Python headers: torch.compile (inductor) generates and compiles code at run time.
 ARG GIT_COMMIT=unknown
 ARG LOCK_SHA256=unknown
 LABEL org.opencontainers.image.title="quantmatrix-cuda" \
@@ -52,7 +53,7 @@ LABEL org.opencontainers.image.title="quantmatrix-cuda" \
       io.quantmatrix.lock-sha256="${LOCK_SHA256}"
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 ca-certificates \
+    && apt-get install -y --no-install-recommends python3 python3-dev g++ ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --uid 10001 --create-home --shell /usr/sbin/nologin quantmatrix
 COPY --from=build /opt/venv /opt/venv

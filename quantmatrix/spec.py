@@ -110,6 +110,7 @@ class MeasureSpec:
     min_iterations: int = 30
     min_seconds: float = 2.0
     max_seconds: float = 30.0
+    max_iterations: int = 5000  # raw samples kept per cell are capped by this
     eval_examples: int = 0
     threads: int = 0
     # Rounds over every (variant, runner): each round measures all of them once, interleaved, so

@@ -42,6 +42,16 @@ class CellSummary:
     macro_f1: float | None
     agreement: float | None
     machine: str
+    # Medians over the ok rounds, like p50/p99; None where no round measured them.
+    p90_ms: float | None = None
+    throughput_per_s: float | None = None
+    peak_rss_mb: float | None = None
+    cold_start_ms: float | None = None
+    achieved_ops_per_s: float | None = None
+    peak_ops_per_s: float | None = None
+    threads: int | None = None
+    random_init: bool = False
+    members: tuple[int, ...] = ()  # indices into summarise()'s input: every round of this cell, for provenance
 
     @property
     def key(self) -> tuple[str, int, str]:
@@ -65,12 +75,19 @@ def _is_eager_reference(r: Result) -> bool:
     return r.cell.variant == REFERENCE and r.cell.backend == "torch" and not r.runner_options.get("compile")
 
 
+def _median(values: Iterable[float | int | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
 def summarise(results: list[Result]) -> list[CellSummary]:
     groups: dict[tuple[str, ...], list[Result]] = {}
-    for r in results:
+    members: dict[tuple[str, ...], list[int]] = {}
+    for index, r in enumerate(results):
         c = r.cell
         ident: tuple[str, ...] = (r.fingerprint.machine_id, c.model, c.variant, c.runner, str(c.batch_size), c.seq_mode)
         groups.setdefault(ident, []).append(r)
+        members.setdefault(ident, []).append(index)
     rows = []
     medians: dict[tuple[str, ...], float] = {}
     for key, rs in groups.items():
@@ -90,7 +107,7 @@ def summarise(results: list[Result]) -> list[CellSummary]:
                 if i[0] == machine
                 and i[1:2] == (model,)
                 and i[4:] == (batch, seq)
-                and _is_eager_reference(g[0])
+                and all(_is_eager_reference(r) for r in g)  # any compiled round (failed ones too) disqualifies
                 and i in medians
             ),
             None,
@@ -130,6 +147,15 @@ def summarise(results: list[Result]) -> list[CellSummary]:
                 macro_f1=first.quality.macro_f1 if first.quality else None,
                 agreement=first.agreement.top1 if first.agreement else None,
                 machine=machine,
+                p90_ms=_median(r.latency.p90 for r in ok if r.latency),
+                throughput_per_s=_median(r.throughput_per_s for r in ok),
+                peak_rss_mb=_median(r.peak_rss_bytes / 2**20 if r.peak_rss_bytes else None for r in ok),
+                cold_start_ms=_median(r.cold_start.total_ms if r.cold_start else None for r in ok),
+                achieved_ops_per_s=_median(r.achieved_ops_per_s for r in ok),
+                peak_ops_per_s=_median(r.peak_ops_per_s for r in ok),
+                threads=first.threads,
+                random_init=first.random_init,
+                members=tuple(members[ident]),
             )
         )
     return rows

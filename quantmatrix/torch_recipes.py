@@ -58,7 +58,7 @@ def export_for_pt2e(model: Any, example: dict[str, Any]) -> Any:
         return torch.export.export(model, (), kwargs=example, dynamic_shapes=shapes, strict=False)
 
 
-def pt2e_int8(model: Any, calibration: list[dict[str, list[list[int]]]], is_qat: bool = False) -> Any:
+def pt2e_int8(model: Any, calibration: list[dict[str, list[list[int]]]]) -> Any:
     """Static INT8 via PT2E: export -> prepare_pt2e(X86InductorQuantizer) -> calibrate -> convert_pt2e.
 
     `calibration` is a list of tokenised batches (input name -> token id rows). Returns the converted
@@ -66,24 +66,56 @@ def pt2e_int8(model: Any, calibration: list[dict[str, list[list[int]]]], is_qat:
     oneDNN INT8 kernels.
     """
     import torch
-    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     if not calibration:
         raise ArtifactError("pt2e-int8 needs at least one calibration batch")
     batches = [{k: torch.tensor(v, dtype=torch.long) for k, v in b.items()} for b in calibration]
-    exported = export_for_pt2e(model, batches[0])
-    quantizer = xiq.X86InductorQuantizer()
-    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(is_qat=is_qat))
-    prepared = prepare_pt2e(exported.module(), quantizer)
+    prepared = prepare_pt2e(export_for_pt2e(model, batches[0]).module(), x86_quantizer(is_qat=False))
     with torch.no_grad():
         for batch in batches:
             prepared(**batch)
     return convert_pt2e(prepared)
 
 
+def x86_quantizer(is_qat: bool) -> Any:
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+
+    quantizer = xiq.X86InductorQuantizer()
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(is_qat=is_qat))
+    return quantizer
+
+
+def prepare_qat(model: Any, example: dict[str, Any]) -> Any:
+    """export -> prepare_qat_pt2e: the graph with fake quantisation that QAT trains."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    return prepare_qat_pt2e(export_for_pt2e(model, example).module(), x86_quantizer(is_qat=True))
+
+
+def pt2e_qat_int8(model: Any, calibration: list[dict[str, list[list[int]]]], state: Path) -> Any:
+    """Rebuild a PT2E QAT model: prepare the FP32 model again, load the trained state, convert.
+
+    The state (trained weights and the fake quantisers' scales and observers) is a safetensors file
+    keyed by the prepared graph's own names, so loading it reproduces the trained graph exactly.
+    """
+    import torch
+    from safetensors.torch import load_file
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    example = {k: torch.tensor(v, dtype=torch.long) for k, v in calibration[0].items()}
+    prepared = prepare_qat(model, example)
+    try:
+        prepared.load_state_dict(load_file(str(state)), strict=True)
+    except RuntimeError as e:
+        raise ArtifactError(f"{state.name} does not match the prepared QAT graph: {str(e).splitlines()[0]}") from None
+    move_exported_model_to_eval(prepared)
+    return convert_pt2e(prepared)
+
+
 RECIPES = {"dynamic-int8": quantize_dynamic_int8}
-GRAPH_RECIPES = {"pt2e-int8": pt2e_int8}
+GRAPH_RECIPES = {"pt2e-int8": pt2e_int8, "pt2e-qat-int8": pt2e_qat_int8}
 
 
 def apply(model: Any, recipe: dict[str, Any]) -> dict[str, Any]:
@@ -110,6 +142,8 @@ def rebuild(path: Path, manifest: Manifest) -> Any:
     ).eval()
     if recipe.get("name") in GRAPH_RECIPES:
         params = {k: v for k, v in recipe.items() if k not in ("name", "calibration")}
+        if "state" in params:
+            params["state"] = path / params["state"]
         calibration = json.loads((path / recipe["calibration"]).read_text(encoding="utf-8"))
         return GRAPH_RECIPES[recipe["name"]](model, calibration, **params)
     apply(model, recipe)

@@ -107,7 +107,7 @@ class RunJob:
     def path(self, cell: CellPlan) -> Path:
         return self.out / cell.file_name(self.model.name, self.variant, self.runner.name)
 
-    def pending(self) -> list[CellPlan]:
+    def pending(self, *, retry_failed: bool = True) -> list[CellPlan]:
         """Cells without a result for this artefact yet, or whose last attempt failed (a rerun resumes here)."""
         todo = []
         for cell in self.cells:
@@ -116,7 +116,7 @@ class RunJob:
             except RecordError:
                 todo.append(cell)
                 continue
-            if done.artifact_key != self.key or done.status == "failed":
+            if done.artifact_key != self.key or (retry_failed and done.status == "failed"):
                 todo.append(cell)
         return todo
 

@@ -77,6 +77,9 @@ def tokenise(
 def time_predict(predict: Callable[[Batch], object], inputs: Inputs, spec: MeasureSpec) -> Latency:
     """Warm up, then time calls until both `min_iterations` and `min_seconds` are reached.
 
+    `max_seconds` and `max_iterations` cap it (the null runner would otherwise keep millions of
+    microsecond samples).
+
     Batches are cycled in a fixed order so every variant sees the same inputs. GC is paused in the
     timed loop so a collection does not land in one backend's samples and not another's.
     """
@@ -97,7 +100,8 @@ def time_predict(predict: Callable[[Batch], object], inputs: Inputs, spec: Measu
             samples.append((time.perf_counter_ns() - t0) / 1e6)
             i += 1
             elapsed = (time.perf_counter_ns() - start) / 1e9
-            if (i >= spec.min_iterations and elapsed >= spec.min_seconds) or elapsed >= spec.max_seconds:
+            enough = i >= spec.min_iterations and elapsed >= spec.min_seconds
+            if enough or elapsed >= spec.max_seconds or i >= spec.max_iterations:
                 break
     finally:
         if gc_was_enabled:

@@ -1,0 +1,149 @@
+"""Quantisation-aware fine-tuning (torchao QATConfig), then ONNX export and ONNX Runtime INT8 like the PTQ path.
+
+Steps: load the FP32 reference -> prepare: torchao QATConfig fake-quantises every Linear (int8
+weights per channel, int8 activations per token) -> train on the train split with fake quant in
+the loop -> convert: QATConfig(step="convert") drops the fake-quant wrappers, leaving weights
+that have adapted to INT8 rounding -> save safetensors -> export ONNX (Optimum) -> quantize_dynamic
+INT8 -> check against the reference.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from builders import BuildContext, builder, link_tree
+from builders._onnx import export_onnx, graph_io, load_tokenizer, op_counts, opset_of, save_model, validation_check
+from quantmatrix.errors import QuantmatrixError
+from quantmatrix.metrics import quality
+from quantmatrix.records import Manifest
+
+
+@dataclass(frozen=True)
+class QatParams:
+    epochs: float = 1.0
+    learning_rate: float = 2e-5
+    batch_size: int = 32
+    max_train_examples: int = 1000  # 0: the whole train split
+    seed: int = 1234
+    per_channel: bool = True  # the final ONNX Runtime weights, matching the per-channel fake quant
+    opset: int = 18
+    check_examples: int = 128
+
+
+def _validation_f1(model: object, tokenizer: object, ctx: BuildContext) -> float:
+    from builders.reference import predict_logits
+
+    examples = ctx.data.split("validation")
+    logits = predict_logits(model, tokenizer, [e.text for e in examples], ctx.model.max_length)
+    return quality([e.label for e in examples], logits.argmax(-1), ctx.data.labels).macro_f1
+
+
+@builder("qat", params=QatParams, output_format="onnx")
+def build(ctx: BuildContext, params: QatParams) -> Manifest:
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from torchao.quantization import quantize_
+    from torchao.quantization.qat import IntxFakeQuantizeConfig, QATConfig
+    from transformers import AutoModelForSequenceClassification
+
+    from builders.reference import _batches
+
+    ref = ctx.reference
+    if ref.manifest.format != "torch":
+        raise QuantmatrixError(f"qat fine-tunes a torch reference, got {ref.manifest.format!r}")
+    random.seed(params.seed)
+    np.random.seed(params.seed)
+    torch.manual_seed(params.seed)
+    tokenizer = load_tokenizer(ref.path / (ref.manifest.tokenizer or "tokenizer"))
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(ref.path / (ref.manifest.entry or "model")), local_files_only=True
+    )
+    f1_before = _validation_f1(model, tokenizer, ctx)
+    steps = [f"load: FP32 reference (validation macro-F1 {f1_before:.4f})"]
+
+    activation = IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=False)
+    weight = IntxFakeQuantizeConfig(torch.int8, "per_channel", is_symmetric=True)
+    quantize_(model, QATConfig(activation_config=activation, weight_config=weight, step="prepare"))
+    steps.append("prepare: torchao QATConfig, int8 per-token activations + int8 per-channel weights (fake quant)")
+
+    train = list(ctx.data.split("train"))
+    if params.max_train_examples:
+        train = train[: params.max_train_examples]
+    enc = tokenizer([e.text for e in train], truncation=True, max_length=ctx.model.max_length)
+    y = torch.tensor([e.label for e in train])
+    rng = random.Random(params.seed)
+    total_steps = max(1, int(params.epochs * math.ceil(len(train) / params.batch_size)))
+    optim = torch.optim.AdamW(model.parameters(), lr=params.learning_rate, weight_decay=0.01)
+    model.train()
+    t0, step, losses = time.perf_counter(), 0, []
+    while step < total_steps:
+        for idx in _batches(len(train), params.batch_size, rng):
+            if step >= total_steps:
+                break
+            batch = tokenizer.pad({k: [enc[k][i] for i in idx] for k in enc}, return_tensors="pt")
+            loss = model(**batch, labels=y[idx]).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optim.step()
+            optim.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            step += 1
+    train_seconds = time.perf_counter() - t0
+    ctx.log(f"  QAT: {step} steps in {train_seconds:.0f}s, final loss {np.mean(losses[-10:]):.4f}")
+    steps.append(f"train: {step} steps, batch {params.batch_size}, lr {params.learning_rate}, {train_seconds:.1f}s")
+
+    quantize_(model, QATConfig(step="convert"))
+    model.eval()
+    f1_after = _validation_f1(model, tokenizer, ctx)
+    steps.append(f"convert: QATConfig(step='convert') removes fake quant (validation macro-F1 {f1_after:.4f})")
+
+    with tempfile.TemporaryDirectory(dir=ctx.out.parent) as tmp:
+        trained = Path(tmp) / "trained"
+        model.save_pretrained(trained, safe_serialization=True)
+        fp32_onnx = Path(tmp) / "fp32.onnx"
+        export_onnx(trained, fp32_onnx, params.opset)
+        steps.append(f"export: optimum main_export opset={params.opset}")
+        quantize_dynamic(
+            str(fp32_onnx),
+            str(ctx.out / "model.onnx"),
+            per_channel=params.per_channel,
+            weight_type=QuantType.QInt8,
+        )
+    model_path = ctx.out / "model.onnx"
+    import onnx
+
+    save_model(onnx.load(str(model_path)), model_path)
+    steps.append(
+        f"quantize: ONNX Runtime dynamic INT8, weights {'per channel' if params.per_channel else 'per tensor'}"
+    )
+    link_tree(ref.path / (ref.manifest.tokenizer or "tokenizer"), ctx.out / "tokenizer")
+    check = validation_check(ctx, model_path, tokenizer, params.check_examples)
+    steps.append(
+        f"check: top-1 agreement {check['check_top1_agreement']:.3f} on {check['check_examples']} test examples"
+    )
+    inputs, outputs = graph_io(model_path)
+    metrics = check | {
+        "train_seconds": round(train_seconds, 2),
+        "validation_macro_f1_before": round(f1_before, 4),
+        "validation_macro_f1_after_qat": round(f1_after, 4),
+    }
+    return ctx.manifest(
+        format="onnx",
+        precision="int8",
+        params=params,
+        entry="model.onnx",
+        tokenizer="tokenizer",
+        io_inputs=inputs,
+        io_outputs=outputs,
+        device="cpu",
+        steps=steps,
+        metrics=metrics,
+        extra={"opset": opset_of(model_path), "op_counts": op_counts(model_path), "qat": "torchao QATConfig"},
+    )

@@ -1,0 +1,123 @@
+"""PT2E quantisation-aware fine-tuning (prepare_qat_pt2e, X86InductorQuantizer), served through torch.compile.
+
+Steps: export the FP32 reference -> prepare: prepare_qat_pt2e inserts fake quantisation ->
+train on the train split -> save the trained graph state (weights, scales, observers) as
+safetensors -> convert: the runner re-prepares the FP32 graph, loads that state and runs
+convert_pt2e (a .pt2 archive would be unpickled at load; this never is) -> check.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from builders import BuildContext, builder, link_tree
+from builders._onnx import encode, load_tokenizer
+from quantmatrix.errors import QuantmatrixError
+from quantmatrix.records import Manifest
+from quantmatrix.torch_recipes import prepare_qat, rebuild
+
+
+@dataclass(frozen=True)
+class QatPt2eParams:
+    epochs: float = 1.0
+    learning_rate: float = 2e-5
+    batch_size: int = 32
+    max_train_examples: int = 1000  # 0: the whole train split
+    seed: int = 1234
+    check_examples: int = 128
+
+
+@builder("qat-pt2e", params=QatPt2eParams, output_format="torch")
+def build(ctx: BuildContext, params: QatPt2eParams) -> Manifest:
+    import torch
+    from safetensors.torch import save_file
+    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+    from transformers import AutoModelForSequenceClassification
+
+    from builders.reference import _batches
+
+    ref = ctx.reference
+    if ref.manifest.format != "torch":
+        raise QuantmatrixError(f"qat-pt2e fine-tunes a torch reference, got {ref.manifest.format!r}")
+    random.seed(params.seed)
+    np.random.seed(params.seed)
+    torch.manual_seed(params.seed)
+    link_tree(ref.path / (ref.manifest.entry or "model"), ctx.out / "model")
+    link_tree(ref.path / (ref.manifest.tokenizer or "tokenizer"), ctx.out / "tokenizer")
+    tokenizer = load_tokenizer(ctx.out / "tokenizer")
+    names = [t.name for t in ref.manifest.io_inputs]
+    train = list(ctx.data.split("train"))
+    if params.max_train_examples:
+        train = train[: params.max_train_examples]
+    example = encode(tokenizer, [e.text for e in train[:2]], ctx.model.max_length)
+    (ctx.out / "example.json").write_text(json.dumps([{k: example[k].tolist() for k in names}]), encoding="utf-8")
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(ctx.out / "model"), local_files_only=True, attn_implementation="eager"
+    ).eval()
+    prepared = prepare_qat(model, {k: torch.from_numpy(example[k]) for k in names})
+    move_exported_model_to_train(prepared)
+    steps = [
+        "link: reference model/ (safetensors) and tokenizer/ (hard links, no copy)",
+        "prepare: torch.export + prepare_qat_pt2e with X86InductorQuantizer (QAT config, fake quant)",
+    ]
+
+    rng = random.Random(params.seed)
+    y = torch.tensor([e.label for e in train])
+    total_steps = max(1, int(params.epochs * math.ceil(len(train) / params.batch_size)))
+    optim = torch.optim.AdamW(prepared.parameters(), lr=params.learning_rate, weight_decay=0.01)
+    t0, step, losses = time.perf_counter(), 0, []
+    while step < total_steps:
+        for idx in _batches(len(train), params.batch_size, rng):
+            if step >= total_steps:
+                break
+            enc = encode(tokenizer, [train[i].text for i in idx], ctx.model.max_length)
+            out = prepared(**{k: torch.from_numpy(enc[k]) for k in names})
+            logits = out.logits if hasattr(out, "logits") else out[0]
+            loss = torch.nn.functional.cross_entropy(logits, y[idx])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(prepared.parameters(), 1.0)
+            optim.step()
+            optim.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            step += 1
+    train_seconds = time.perf_counter() - t0
+    ctx.log(f"  QAT (PT2E): {step} steps in {train_seconds:.0f}s, final loss {np.mean(losses[-10:]):.4f}")
+    steps.append(f"train: {step} steps, batch {params.batch_size}, lr {params.learning_rate}, {train_seconds:.1f}s")
+
+    move_exported_model_to_eval(prepared)
+    state = {k: v.detach().contiguous().clone() for k, v in prepared.state_dict().items()}
+    save_file(state, str(ctx.out / "qat_state.safetensors"))
+    steps.append(f"save: trained graph state ({len(state)} tensors) to qat_state.safetensors")
+
+    recipe = {"name": "pt2e-qat-int8", "calibration": "example.json", "state": "qat_state.safetensors"}
+    manifest = ctx.manifest(
+        format="torch", precision="int8", params=params, entry="model", tokenizer="tokenizer", device="cpu",
+        extra={"torch_loader": "recipe", "recipe": recipe, "serve": "torch.compile with inductor freezing"},
+    )  # fmt: skip
+    converted = rebuild(ctx.out, manifest)  # what the runner does: re-prepare, load state, convert_pt2e
+    steps.append("convert: re-prepare the FP32 graph, load the trained state, convert_pt2e")
+    texts = [e.text for e in ctx.data.split("test")[: params.check_examples]]
+    got = []
+    with torch.no_grad():
+        for i in range(0, len(texts), 32):
+            enc = encode(tokenizer, texts[i : i + 32], ctx.model.max_length)
+            out = converted(**{k: torch.from_numpy(enc[k]) for k in names})
+            got.append((out.logits if hasattr(out, "logits") else out[0]).float().numpy())
+    logits = np.concatenate(got)
+    ref_logits = np.load(ref.path / "eval" / "test_logits.npy", allow_pickle=False)[: len(texts)]
+    manifest.metrics = {
+        "check_examples": len(texts),
+        "check_top1_agreement": round(float((logits.argmax(-1) == ref_logits.argmax(-1)).mean()), 6),
+        "check_max_abs_logit_diff": round(float(np.abs(logits - ref_logits).max()), 6),
+        "train_seconds": round(train_seconds, 2),
+    }
+    steps.append(f"check: top-1 agreement {manifest.metrics['check_top1_agreement']:.3f} on {len(texts)} examples")
+    manifest.steps = steps
+    return manifest
