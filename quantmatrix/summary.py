@@ -51,6 +51,7 @@ class CellSummary:
     peak_ops_per_s: float | None = None
     threads: int | None = None
     random_init: bool = False
+    run_id: str = ""
     members: tuple[int, ...] = ()  # indices into summarise()'s input: every round of this cell, for provenance
 
     @property
@@ -85,7 +86,10 @@ def summarise(results: list[Result]) -> list[CellSummary]:
     members: dict[tuple[str, ...], list[int]] = {}
     for index, r in enumerate(results):
         c = r.cell
-        ident: tuple[str, ...] = (r.fingerprint.machine_id, c.model, c.variant, c.runner, str(c.batch_size), c.seq_mode)
+        # Rounds of one run group together; another run on the same machine is its own row.
+        ident: tuple[str, ...] = (
+            r.fingerprint.machine_id, c.model, c.variant, c.runner, str(c.batch_size), c.seq_mode, r.run_id,
+        )  # fmt: skip
         groups.setdefault(ident, []).append(r)
         members.setdefault(ident, []).append(index)
     rows = []
@@ -95,7 +99,7 @@ def summarise(results: list[Result]) -> list[CellSummary]:
         if p50s:
             medians[key] = statistics.median(p50s)
     for ident, rs in sorted(groups.items()):
-        machine, model, variant, runner, batch, seq = ident
+        machine, model, variant, runner, batch, seq, run = ident
         ok = [r for r in rs if r.status == "ok" and r.latency]
         last = max(rs, key=lambda r: r.finished)
         first = ok[0] if ok else last
@@ -106,7 +110,7 @@ def summarise(results: list[Result]) -> list[CellSummary]:
                 for i, g in groups.items()
                 if i[0] == machine
                 and i[1:2] == (model,)
-                and i[4:] == (batch, seq)
+                and i[4:] == (batch, seq, run)
                 and all(_is_eager_reference(r) for r in g)  # any compiled round (failed ones too) disqualifies
                 and i in medians
             ),
@@ -118,7 +122,10 @@ def summarise(results: list[Result]) -> list[CellSummary]:
             real = [
                 m
                 for i, m in medians.items()
-                if i[0] == machine and i[1] == model and i[4:] == (batch, seq) and groups[i][0].cell.backend != "null"
+                if i[0] == machine
+                and i[1] == model
+                and i[4:] == (batch, seq, run)
+                and groups[i][0].cell.backend != "null"
             ]
             overhead = p50 / min(real) if real else None
             speedup = None
@@ -155,6 +162,7 @@ def summarise(results: list[Result]) -> list[CellSummary]:
                 peak_ops_per_s=_median(r.peak_ops_per_s for r in ok),
                 threads=first.threads,
                 random_init=first.random_init,
+                run_id=run,
                 members=tuple(members[ident]),
             )
         )

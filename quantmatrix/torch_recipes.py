@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +116,7 @@ def pt2e_qat_int8(model: Any, calibration: list[dict[str, list[list[int]]]], sta
 
 
 RECIPES = {"dynamic-int8": quantize_dynamic_int8}
-GRAPH_RECIPES = {"pt2e-int8": pt2e_int8, "pt2e-qat-int8": pt2e_qat_int8}
+GRAPH_RECIPES: dict[str, Callable[..., Any]] = {"pt2e-int8": pt2e_int8, "pt2e-qat-int8": pt2e_qat_int8}
 
 
 def apply(model: Any, recipe: dict[str, Any]) -> dict[str, Any]:

@@ -30,3 +30,75 @@ def write_matrix(tmp_path: Path):
         return path
 
     return write
+
+
+# A tiny matrix (random 2-layer BERT, bundled headlines) whose artefacts build in seconds; shared by
+# the run tests and the report tests.
+TINY_MATRIX = """
+[datasets.headlines9]
+source = "bundled:headlines9"
+
+[models.tiny]
+source = "random:bert-tiny"
+dataset = "headlines9"
+max_length = 32
+
+[models.tiny.finetune]
+method = "full"
+epochs = 2
+learning_rate = 3e-3
+
+[runners.torch-eager]
+backend = "torch"
+
+[runners.ort-cpu]
+backend = "onnxruntime"
+params = { threads = 1 }
+
+[runners.null]
+backend = "null"
+
+[variants.onnx-fp32]
+builder = "onnx-fp32"
+
+[variants.ort-int8-dynamic]
+from = "onnx-fp32"
+builder = "ort-int8-dynamic"
+
+[variants.torch-int8-dynamic]
+builder = "torch-int8-dynamic"
+
+[variants.torch-int8-dynamic-torchao]
+builder = "torch-int8-dynamic"
+params = { engine = "torchao" }
+
+[profiles.t]
+models = ["tiny"]
+variants = ["onnx-fp32", "ort-int8-dynamic"]
+runners = ["torch-eager", "ort-cpu", "null"]
+
+[profiles.t.measure]
+batch_sizes = [1, 4]
+seq_modes = ["padded", "natural"]
+padded_length = 32
+warmup = 1
+min_iterations = 3
+min_seconds = 0.02
+eval_examples = 200
+"""
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory) -> Path:
+    """A directory with TINY_MATRIX as matrix.toml and its reference and variants built under artifacts/."""
+    import builders
+    import runners
+    from quantmatrix.spec import load_matrix
+    from quantmatrix.store import Store
+
+    root = tmp_path_factory.mktemp("built")
+    (root / "matrix.toml").write_text(TINY_MATRIX)
+    matrix = load_matrix(root / "matrix.toml", builders=builders.registry(), backends=runners.registry())
+    variants = ("onnx-fp32", "ort-int8-dynamic", "torch-int8-dynamic", "torch-int8-dynamic-torchao")
+    builders.build_with_deps(matrix, "tiny", variants, Store(root / "artifacts"))
+    return root

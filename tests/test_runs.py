@@ -1,7 +1,7 @@
 """Run jobs end to end on the tiny model: measurement, the guard against silent drift, bad artefacts, resume.
 
-A tiny reference, its ONNX export and an INT8 variant are built once per module; every test works on
-its own copy of the artefacts and corrupts it the way real failures look.
+A tiny reference, its ONNX export and INT8 variants are built once per session (`built`, in conftest.py);
+every test works on its own copy of the artefacts and corrupts it the way real failures look.
 """
 
 from __future__ import annotations
@@ -24,69 +24,6 @@ from quantmatrix.summary import load_results, render_text, summarise
 from runners.job import RunJob
 
 pytestmark = pytest.mark.slow
-
-MATRIX = """
-[datasets.headlines9]
-source = "bundled:headlines9"
-
-[models.tiny]
-source = "random:bert-tiny"
-dataset = "headlines9"
-max_length = 32
-
-[models.tiny.finetune]
-method = "full"
-epochs = 2
-learning_rate = 3e-3
-
-[runners.torch-eager]
-backend = "torch"
-
-[runners.ort-cpu]
-backend = "onnxruntime"
-params = { threads = 1 }
-
-[runners.null]
-backend = "null"
-
-[variants.onnx-fp32]
-builder = "onnx-fp32"
-
-[variants.ort-int8-dynamic]
-from = "onnx-fp32"
-builder = "ort-int8-dynamic"
-
-[variants.torch-int8-dynamic]
-builder = "torch-int8-dynamic"
-
-[variants.torch-int8-dynamic-torchao]
-builder = "torch-int8-dynamic"
-params = { engine = "torchao" }
-
-[profiles.t]
-models = ["tiny"]
-variants = ["onnx-fp32", "ort-int8-dynamic"]
-runners = ["torch-eager", "ort-cpu", "null"]
-
-[profiles.t.measure]
-batch_sizes = [1, 4]
-seq_modes = ["padded", "natural"]
-padded_length = 32
-warmup = 1
-min_iterations = 3
-min_seconds = 0.02
-eval_examples = 200
-"""
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("built")
-    (root / "matrix.toml").write_text(MATRIX)
-    matrix = load_matrix(root / "matrix.toml", builders=builders.registry(), backends=runners.registry())
-    variants = ("onnx-fp32", "ort-int8-dynamic", "torch-int8-dynamic", "torch-int8-dynamic-torchao")
-    builders.build_with_deps(matrix, "tiny", variants, Store(root / "artifacts"))
-    return root
 
 
 @pytest.fixture

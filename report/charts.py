@@ -1,0 +1,120 @@
+"""Altair chart specs built from the typed table; each returns a Vega-Lite dict, nothing is computed
+here but layout (the Pareto frontier is a property of the plotted points, so it lives here too).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import altair as alt
+import pandas as pd
+
+alt.data_transformers.disable_max_rows()
+
+Spec = dict[str, Any]
+
+
+def frontier(points: pd.DataFrame) -> pd.Series:
+    """True for points that no other point beats on both p50 latency (lower) and macro-F1 (higher)."""
+    ordered = points.sort_values(["p50_ms", "macro_f1"], ascending=[True, False])
+    best_before = ordered["macro_f1"].cummax().shift(fill_value=float("-inf"))
+    return (ordered["macro_f1"] > best_before).reindex(points.index)
+
+
+def _config_param(configs: list[str]) -> alt.Parameter:
+    return alt.param(name="config", value=configs[0], bind=alt.binding_select(options=configs, name="batch / seq: "))
+
+
+def pareto(rows: pd.DataFrame, title: str) -> Spec:
+    """Macro-F1 against p50 latency for every measured cell, one batch/seq setting at a time (a dropdown)."""
+    data = rows.copy()
+    on = pd.concat([frontier(group) for _, group in data.groupby("config")])
+    data["frontier"] = on.reindex(data.index).map({True: "on the Pareto frontier", False: "dominated"})
+    data["size_mb"] = data["artifact_mb"].fillna(0.0).round(2)
+    fields = ["label", "variant", "runner", "backend", "precision", "device", "config", "p50_ms", "p90_ms", "p99_ms",
+              "throughput_per_s", "peak_rss_mb", "macro_f1", "agreement", "size_mb", "speedup", "verdict",
+              "frontier"]  # fmt: skip
+    data = data[fields].sort_values(["config", "p50_ms"])
+    configs = sorted(data["config"].unique())
+    param = _config_param(configs)
+    base = (
+        alt.Chart(data)
+        .transform_filter(alt.datum.config == param)
+        .encode(
+            x=alt.X("p50_ms:Q", scale=alt.Scale(type="log"), title="p50 latency (ms, log scale)"),
+            y=alt.Y("macro_f1:Q", scale=alt.Scale(zero=False), title="macro-F1 (test split)"),
+        )
+    )
+    line = base.transform_filter(alt.datum.frontier == "on the Pareto frontier").mark_line(
+        strokeDash=[4, 3], color="#888"
+    )
+    points = base.mark_point(filled=True, opacity=0.85).encode(
+        size=alt.Size("size_mb:Q", title="size MB"),
+        color=alt.Color(
+            "frontier:N",
+            title=None,
+            scale=alt.Scale(domain=["on the Pareto frontier", "dominated"], range=["#d62728", "#9aa3ad"]),
+        ),
+        shape=alt.Shape("backend:N"),
+        tooltip=[alt.Tooltip(f) for f in fields],
+    )
+    return (line + points).add_params(param).properties(title=title, width=560, height=320).to_dict(validate=False)
+
+
+def roofline(rows: pd.DataFrame, title: str) -> Spec:
+    """Achieved ops/s per cell against the machine's measured peak (the rule), per batch/seq setting."""
+    data = rows.assign(
+        achieved_gops=rows["achieved_ops_per_s"] / 1e9,
+        peak_gops=rows["peak_ops_per_s"] / 1e9,
+        share=rows["achieved_ops_per_s"] / rows["peak_ops_per_s"],
+    )[["label", "precision", "config", "achieved_gops", "peak_gops", "share", "p50_ms"]]
+    configs = sorted(data["config"].unique())
+    param = _config_param(configs)
+    base = alt.Chart(data).transform_filter(alt.datum.config == param)
+    bars = base.mark_bar().encode(
+        x=alt.X("achieved_gops:Q", title="achieved Gop/s (rule: measured peak)"),
+        y=alt.Y("label:N", sort="-x", title=None),
+        color=alt.Color("precision:N"),
+        tooltip=[alt.Tooltip("label:N"), alt.Tooltip("config:N"), alt.Tooltip("achieved_gops:Q", format=".2f"),
+                 alt.Tooltip("peak_gops:Q", format=".2f"), alt.Tooltip("share:Q", format=".2%"),
+                 alt.Tooltip("p50_ms:Q", format=".3f")],
+    )  # fmt: skip
+    peak = base.mark_rule(color="#b3261e", strokeDash=[6, 3]).encode(x="max(peak_gops):Q")
+    return (bars + peak).add_params(param).properties(title=title, width=560).to_dict(validate=False)
+
+
+def agreement_matrix(rows: pd.DataFrame, title: str) -> Spec:
+    """Top-1 agreement with the FP32 reference: variants (rows) by runner/backend (columns), worst setting."""
+    data = (
+        rows.groupby(["variant", "runner"], as_index=False)
+        .agg(agreement=("agreement", "min"), best=("agreement", "max"), settings=("config", "count"))
+        .round(4)
+    )
+    base = alt.Chart(data).encode(x=alt.X("runner:N", title=None), y=alt.Y("variant:N", title=None))
+    cells = base.mark_rect().encode(
+        color=alt.Color("agreement:Q", scale=alt.Scale(scheme="redyellowgreen", domain=[0.8, 1.0], clamp=True)),
+        tooltip=["variant", "runner", "agreement", "best", "settings"],
+    )
+    text = base.mark_text(fontSize=11).encode(text=alt.Text("agreement:Q", format=".3f"))
+    return (cells + text).properties(title=title, width=alt.Step(90), height=alt.Step(22)).to_dict(validate=False)
+
+
+def canary(data: pd.DataFrame, title: str) -> Spec:
+    """Top-5 probabilities per canary prompt (a dropdown), one bar per variant for each label."""
+    prompts = list(dict.fromkeys(data["prompt"]))
+    param = alt.param(name="prompt", value=prompts[0], bind=alt.binding_select(options=prompts, name="canary prompt: "))
+    return (
+        alt.Chart(data)
+        .transform_filter(alt.datum.prompt == param)
+        .mark_bar()
+        .encode(
+            x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), title="probability"),
+            y=alt.Y("class:N", title=None, sort="-x"),
+            yOffset=alt.YOffset("series:N"),
+            color=alt.Color("series:N", title="variant @ runner"),
+            tooltip=["prompt", "expected", "series", "class", alt.Tooltip("probability:Q", format=".4f")],
+        )
+        .add_params(param)
+        .properties(title=title, width=520, height=alt.Step(7))
+        .to_dict(validate=False)
+    )
