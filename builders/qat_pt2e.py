@@ -13,12 +13,14 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from builders import BuildContext, builder, link_tree
 from builders._onnx import encode, load_tokenizer
 from quantmatrix.errors import QuantmatrixError
+from quantmatrix.metrics import quality
 from quantmatrix.records import Manifest
 from quantmatrix.torch_recipes import prepare_qat, rebuild
 
@@ -33,11 +35,28 @@ class QatPt2eParams:
     check_examples: int = 128
 
 
+def set_dropout_training(graph_module: Any, training: bool) -> int:
+    """Switch an exported graph's dropout nodes between train and eval, keeping each node's own p.
+
+    torchao's `move_exported_model_to_train` rewrites every dropout to its pattern's literal p=0.5
+    (torchao 0.18), which trained MiniLM with five times its 0.1 dropout; this flips only the flag.
+    Returns how many dropout nodes were switched.
+    """
+    import torch
+
+    count = 0
+    for node in graph_module.graph.nodes:
+        if node.op == "call_function" and node.target is torch.ops.aten.dropout.default:
+            node.args = (*node.args[:2], training)
+            count += 1
+    graph_module.recompile()
+    return count
+
+
 @builder("qat-pt2e", params=QatPt2eParams, output_format="torch")
 def build(ctx: BuildContext, params: QatPt2eParams) -> Manifest:
     import torch
     from safetensors.torch import save_file
-    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
     from transformers import AutoModelForSequenceClassification
 
     from builders.reference import _batches
@@ -62,10 +81,11 @@ def build(ctx: BuildContext, params: QatPt2eParams) -> Manifest:
         str(ctx.out / "model"), local_files_only=True, attn_implementation="eager"
     ).eval()
     prepared = prepare_qat(model, {k: torch.from_numpy(example[k]) for k in names})
-    move_exported_model_to_train(prepared)
+    dropouts = set_dropout_training(prepared, True)
     steps = [
         "link: reference model/ (safetensors) and tokenizer/ (hard links, no copy)",
-        "prepare: torch.export + prepare_qat_pt2e with X86InductorQuantizer (QAT config, fake quant)",
+        "prepare: torch.export + prepare_qat_pt2e with X86InductorQuantizer (QAT config, fake quant); "
+        f"{dropouts} dropout nodes switched to training with the model's own p",
     ]
 
     rng = random.Random(params.seed)
@@ -91,7 +111,7 @@ def build(ctx: BuildContext, params: QatPt2eParams) -> Manifest:
     ctx.log(f"  QAT (PT2E): {step} steps in {train_seconds:.0f}s, final loss {np.mean(losses[-10:]):.4f}")
     steps.append(f"train: {step} steps, batch {params.batch_size}, lr {params.learning_rate}, {train_seconds:.1f}s")
 
-    move_exported_model_to_eval(prepared)
+    set_dropout_training(prepared, False)
     state = {k: v.detach().contiguous().clone() for k, v in prepared.state_dict().items()}
     save_file(state, str(ctx.out / "qat_state.safetensors"))
     steps.append(f"save: trained graph state ({len(state)} tensors) to qat_state.safetensors")
@@ -103,21 +123,35 @@ def build(ctx: BuildContext, params: QatPt2eParams) -> Manifest:
     )  # fmt: skip
     converted = rebuild(ctx.out, manifest)  # what the runner does: re-prepare, load state, convert_pt2e
     steps.append("convert: re-prepare the FP32 graph, load the trained state, convert_pt2e")
+
+    def logits_of(texts: list[str]) -> np.ndarray:
+        got = []
+        with torch.no_grad():
+            for i in range(0, len(texts), 32):
+                enc = encode(tokenizer, texts[i : i + 32], ctx.model.max_length)
+                out = converted(**{k: torch.from_numpy(enc[k]) for k in names})
+                got.append((out.logits if hasattr(out, "logits") else out[0]).float().numpy())
+        return np.concatenate(got)
+
     texts = [e.text for e in ctx.data.split("test")[: params.check_examples]]
-    got = []
-    with torch.no_grad():
-        for i in range(0, len(texts), 32):
-            enc = encode(tokenizer, texts[i : i + 32], ctx.model.max_length)
-            out = converted(**{k: torch.from_numpy(enc[k]) for k in names})
-            got.append((out.logits if hasattr(out, "logits") else out[0]).float().numpy())
-    logits = np.concatenate(got)
+    logits = logits_of(texts)
     ref_logits = np.load(ref.path / "eval" / "test_logits.npy", allow_pickle=False)[: len(texts)]
+    validation = ctx.data.split("validation")
+    predicted = logits_of([e.text for e in validation]).argmax(-1)
+    f1_int8 = quality([e.label for e in validation], predicted, ctx.data.labels).macro_f1
     manifest.metrics = {
         "check_examples": len(texts),
         "check_top1_agreement": round(float((logits.argmax(-1) == ref_logits.argmax(-1)).mean()), 6),
         "check_max_abs_logit_diff": round(float(np.abs(logits - ref_logits).max()), 6),
         "train_seconds": round(train_seconds, 2),
+        "final_loss": round(float(np.mean(losses[-10:])), 4),
+        "validation_macro_f1_int8": round(f1_int8, 4),
     }
-    steps.append(f"check: top-1 agreement {manifest.metrics['check_top1_agreement']:.3f} on {len(texts)} examples")
+    if "validation_macro_f1" in ref.manifest.metrics:
+        manifest.metrics["validation_macro_f1_before"] = ref.manifest.metrics["validation_macro_f1"]
+    steps.append(
+        f"check: top-1 agreement {manifest.metrics['check_top1_agreement']:.3f} on {len(texts)} test examples, "
+        f"INT8 validation macro-F1 {f1_int8:.4f}"
+    )
     manifest.steps = steps
     return manifest

@@ -153,3 +153,26 @@ def test_qat_pt2e_state_is_safetensors_and_reloads_exactly(store):
     (res,) = (root / "results" / "q").glob("tiny__qat-pt2e__torch-compile__*.json")
     r = read_record(Result, res)
     assert r.status == "ok", r.reason
+
+
+def test_qat_pt2e_trains_with_the_models_own_dropout(store):
+    # torchao's move_exported_model_to_train sets every dropout to p=0.5; the builder keeps the model's p.
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from builders.qat_pt2e import set_dropout_training
+    from quantmatrix.torch_recipes import prepare_qat
+
+    _matrix, st, keys, _ = store
+    path = st.path(keys["qat-pt2e"])
+    model = AutoModelForSequenceClassification.from_pretrained(path / "model", attn_implementation="eager").eval()
+    example = encode(load_tokenizer(path / "tokenizer"), ["Striker seals late winner", "Rates rise"], 32)
+    prepared = prepare_qat(model, {k: torch.from_numpy(v) for k, v in example.items()})
+    assert set_dropout_training(prepared, True) > 0
+    dropouts = [n.args[1:] for n in prepared.graph.nodes if n.target is torch.ops.aten.dropout.default]
+    expected = {model.config.hidden_dropout_prob, model.config.attention_probs_dropout_prob}
+    assert {p for p, _ in dropouts} <= expected and all(training for _, training in dropouts)
+    set_dropout_training(prepared, False)
+    assert not any(n.args[2] for n in prepared.graph.nodes if n.target is torch.ops.aten.dropout.default)
+    manifest = read_record(Manifest, path / "manifest.json")
+    assert "dropout nodes switched" in manifest.steps[1] and "validation_macro_f1_int8" in manifest.metrics
