@@ -34,11 +34,6 @@ RUN --mount=type=secret,id=ca \
     && /opt/venv/bin/pip check
 
 FROM ${BASE_IMAGE} AS runtime
-ARG GIT_COMMIT=unknown
-ARG LOCK_SHA256=unknown
-LABEL org.opencontainers.image.title="quantmatrix-cpu" \
-      org.opencontainers.image.revision="${GIT_COMMIT}" \
-      io.quantmatrix.lock-sha256="${LOCK_SHA256}"
 ENV DEBIAN_FRONTEND=noninteractive
 # g++ and the Python headers: torch.compile (inductor) generates and compiles C++ at run time.
 RUN apt-get update \
@@ -51,6 +46,12 @@ COPY builders /app/builders
 COPY runners /app/runners
 COPY bench /app/bench
 # Jobs read the matrix and write artifacts/results in the mounted /work. No hub at run time.
+# Declared late: a new commit must not invalidate the apt and venv layers above.
+ARG GIT_COMMIT=unknown
+ARG LOCK_SHA256=unknown
+LABEL org.opencontainers.image.title="quantmatrix-cpu" \
+      org.opencontainers.image.revision="${GIT_COMMIT}" \
+      io.quantmatrix.lock-sha256="${LOCK_SHA256}"
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -46,11 +46,6 @@ RUN --mount=type=secret,id=ca \
 
 FROM ${BASE_IMAGE} AS runtime
 # g++ and the Python headers: torch.compile (inductor) generates and compiles code at run time.
-ARG GIT_COMMIT=unknown
-ARG LOCK_SHA256=unknown
-LABEL org.opencontainers.image.title="quantmatrix-cuda" \
-      org.opencontainers.image.revision="${GIT_COMMIT}" \
-      io.quantmatrix.lock-sha256="${LOCK_SHA256}"
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-dev g++ ca-certificates \
@@ -61,6 +56,12 @@ COPY quantmatrix /app/quantmatrix
 COPY builders /app/builders
 COPY runners /app/runners
 COPY bench /app/bench
+# Declared late: a new commit must not invalidate the apt and venv layers above.
+ARG GIT_COMMIT=unknown
+ARG LOCK_SHA256=unknown
+LABEL org.opencontainers.image.title="quantmatrix-cuda" \
+      org.opencontainers.image.revision="${GIT_COMMIT}" \
+      io.quantmatrix.lock-sha256="${LOCK_SHA256}"
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app \
     PYTHONDONTWRITEBYTECODE=1 \
