@@ -163,3 +163,24 @@ def op_counts(path: Path) -> dict[str, int]:
         "QGemm",
     )
     return {k: v for k, v in sorted(counts.items()) if k in keep}
+
+
+def onnx_manifest(
+    ctx: Any,
+    params: Any,
+    model_path: Path,
+    *,
+    precision: str,
+    device: str,
+    steps: list[str],
+    metrics: dict[str, float],
+    extra: dict[str, Any],
+    **fields: Any,
+) -> Any:
+    """The manifest every ONNX builder writes: entry, tokenizer, graph I/O, opset and op counts filled in."""
+    inputs, outputs = graph_io(model_path)
+    return ctx.manifest(
+        format="onnx", precision=precision, params=params, entry=model_path.name, tokenizer="tokenizer",
+        io_inputs=inputs, io_outputs=outputs, device=device, steps=steps, metrics=metrics,
+        extra={"opset": opset_of(model_path), "op_counts": op_counts(model_path), **extra}, **fields,
+    )  # fmt: skip

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from builders import BuildContext, builder, link_tree
-from builders._onnx import export_onnx, graph_io, load_tokenizer, opset_of, validation_check
+from builders._onnx import export_onnx, load_tokenizer, onnx_manifest, validation_check
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.records import Manifest
 
@@ -42,17 +42,7 @@ def build(ctx: BuildContext, params: OnnxFp32Params) -> Manifest:
         f"validate: {check['check_examples']} test examples vs reference, "
         f"max |Δlogit| {check['check_max_abs_logit_diff']:.2e}"
     )
-    inputs, outputs = graph_io(model_path)
-    return ctx.manifest(
-        format="onnx",
-        precision="fp32",
-        params=params,
-        entry="model.onnx",
-        tokenizer="tokenizer",
-        io_inputs=inputs,
-        io_outputs=outputs,
-        device="any",
-        steps=steps,
-        metrics=check,
-        extra={"opset": opset_of(model_path), "exporter": "optimum.exporters.onnx.main_export"},
+    extra = {"exporter": "optimum.exporters.onnx.main_export"}
+    return onnx_manifest(
+        ctx, params, model_path, precision="fp32", device="any", steps=steps, metrics=check, extra=extra
     )

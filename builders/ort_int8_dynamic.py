@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from builders import BuildContext, builder, link_tree
-from builders._onnx import graph_io, load_tokenizer, op_counts, opset_of, save_model, validation_check
+from builders._onnx import load_tokenizer, onnx_manifest, save_model, validation_check
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.records import Manifest
 
@@ -94,17 +94,6 @@ def build(ctx: BuildContext, params: OrtInt8DynamicParams) -> Manifest:
     steps.append(
         f"check: top-1 agreement {check['check_top1_agreement']:.3f} on {check['check_examples']} test examples"
     )
-    inputs, outputs = graph_io(model_path)
-    return ctx.manifest(
-        format="onnx",
-        precision="int8",
-        params=params,
-        entry="model.onnx",
-        tokenizer="tokenizer",
-        io_inputs=inputs,
-        io_outputs=outputs,
-        device="cpu",
-        steps=steps,
-        metrics=check,
-        extra=extra | {"opset": opset_of(model_path), "op_counts": op_counts(model_path)},
+    return onnx_manifest(
+        ctx, params, model_path, precision="int8", device="cpu", steps=steps, metrics=check, extra=extra
     )

@@ -9,17 +9,15 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
 from builders import BuildContext, builder, link_tree
 from builders._onnx import (
     batches,
-    graph_io,
     load_tokenizer,
-    op_counts,
-    opset_of,
+    onnx_manifest,
     save_model,
     validation_check,
 )
@@ -108,22 +106,7 @@ def build(ctx: BuildContext, params: OrtInt8StaticParams) -> Manifest:
     steps.append(
         f"check: top-1 agreement {check['check_top1_agreement']:.3f} on {check['check_examples']} test examples"
     )
-    inputs, outputs = graph_io(model_path)
-    extra: dict[str, Any] = {
-        "quantizer": "onnxruntime.quantization.quantize_static",
-        "opset": opset_of(model_path),
-        "op_counts": op_counts(model_path),
-    }
-    return ctx.manifest(
-        format="onnx",
-        precision="int8",
-        params=params,
-        entry="model.onnx",
-        tokenizer="tokenizer",
-        io_inputs=inputs,
-        io_outputs=outputs,
-        device="cpu",
-        steps=steps,
-        metrics=check,
-        extra=extra,
+    extra = {"quantizer": "onnxruntime.quantization.quantize_static"}
+    return onnx_manifest(
+        ctx, params, model_path, precision="int8", device="cpu", steps=steps, metrics=check, extra=extra
     )

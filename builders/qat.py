@@ -21,10 +21,8 @@ import numpy as np
 from builders import BuildContext, builder, link_tree
 from builders._onnx import (
     export_onnx,
-    graph_io,
     load_tokenizer,
-    op_counts,
-    opset_of,
+    onnx_manifest,
     ort_logits,
     save_model,
     validation_check,
@@ -143,27 +141,17 @@ def build(ctx: BuildContext, params: QatParams) -> Manifest:
         f"check: top-1 agreement {check['check_top1_agreement']:.3f} on {check['check_examples']} test examples, "
         f"INT8 validation macro-F1 {f1_int8:.4f}"
     )
-    inputs, outputs = graph_io(model_path)
     metrics = check | {
         "train_seconds": round(train_seconds, 2),
         "validation_macro_f1_before": round(f1_before, 4),
         "validation_macro_f1_after_qat": round(f1_after, 4),
         "validation_macro_f1_int8": round(f1_int8, 4),
     }
-    return ctx.manifest(
-        format="onnx",
-        precision="int8",
-        params=params,
-        entry="model.onnx",
-        tokenizer="tokenizer",
-        io_inputs=inputs,
-        io_outputs=outputs,
-        device="cpu",
-        steps=steps,
-        metrics=metrics,
-        notes=[
-            "fake quant trained int8 per-token activations; ONNX Runtime dynamic INT8 quantises them per tensor "
-            "(torchao's Intx fake quantiser has no per-tensor granularity)"
-        ],
-        extra={"opset": opset_of(model_path), "op_counts": op_counts(model_path), "qat": "torchao QATConfig"},
+    note = (
+        "fake quant trained int8 per-token activations; ONNX Runtime dynamic INT8 quantises them per tensor "
+        "(torchao's Intx fake quantiser has no per-tensor granularity)"
     )
+    return onnx_manifest(
+        ctx, params, model_path, precision="int8", device="cpu", steps=steps, metrics=metrics,
+        extra={"qat": "torchao QATConfig"}, notes=[note],
+    )  # fmt: skip
