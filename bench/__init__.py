@@ -6,6 +6,7 @@ runtime; only the launcher differs (a subprocess in this venv, or a `docker run 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from quantmatrix.errors import SpecError
+from quantmatrix.hardware import LAUNCHED_AT_ENV
 from quantmatrix.plan import REFERENCE, build_jobs
 from quantmatrix.spec import Matrix
 from quantmatrix.store import Store
@@ -160,8 +162,9 @@ class Launcher:
         return self.name
 
     def launch(self, job: Job, timeout: float) -> tuple[int, str]:
+        env = {**os.environ, LAUNCHED_AT_ENV: repr(time.time())}
         try:
-            proc = subprocess.run([sys.executable, *job.argv], capture_output=True, text=True, timeout=timeout)
+            proc = subprocess.run([sys.executable, *job.argv], capture_output=True, text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired as e:
             out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
             return 124, out

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from quantmatrix.hardware import describe, fingerprint
     from quantmatrix.spec import load_matrix
     from quantmatrix.store import Store
-    from quantmatrix.summary import load_results, render_text, summarise
+    from quantmatrix.summary import launch_overheads, load_results, render_text, summarise
 
     try:
         b, r = builders.registry(), runners.registry()
@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nfinished in {time.perf_counter() - t0:.0f}s")
         results, errors = load_results([args.results / run_id])
         print(render_text(summarise(results)))
+        for line in launch_overheads(results):
+            print(line)
         for line in errors:
             print(f"unreadable result: {line}", file=sys.stderr)
         failed = [j for j in jobs if j.state == "failed"]

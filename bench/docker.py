@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from bench import Job, Launcher
 from quantmatrix.errors import QuantmatrixError
+from quantmatrix.hardware import LAUNCHED_AT_ENV
 from quantmatrix.spec import Matrix
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -207,6 +209,7 @@ class DockerLauncher(Launcher):
             "-v", f"{self.artifacts}:{self.ARTIFACTS}",
             "-v", f"{self.results}:{self.RESULTS}",
             "-e", "QUANTMATRIX_RUNTIME=docker", "-e", f"QUANTMATRIX_IMAGE={self.image}",
+            "-e", f"{LAUNCHED_AT_ENV}={time.time()!r}",
         ]  # fmt: skip
         if self.cpuset:
             cmd += ["--cpuset-cpus", self.cpuset]

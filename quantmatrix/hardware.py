@@ -235,6 +235,18 @@ def describe(fp: Fingerprint) -> str:
     return f"{fp.cpu_model} ({fp.cpu_cores_logical} cores, {flags or 'no AVX'}), {fp.ram_bytes / 2**30:.0f} GiB, {gpu}"
 
 
+# Set by the launcher (bench) to its wall clock just before it starts a job's process or container.
+LAUNCHED_AT_ENV = "QUANTMATRIX_LAUNCHED_AT"
+
+
+def launched_at() -> float | None:
+    """When the launcher started this job (seconds since the epoch), if it said so."""
+    try:
+        return float(os.environ[LAUNCHED_AT_ENV])
+    except (KeyError, ValueError):
+        return None
+
+
 def _runtime(default: str) -> Literal["docker", "venv", "local"]:
     """How this process was launched: the launcher says so in QUANTMATRIX_RUNTIME."""
     value = os.environ.get("QUANTMATRIX_RUNTIME", default)

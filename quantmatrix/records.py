@@ -118,6 +118,12 @@ class ColdStart(Record):
     load_ms: float
     first_call_ms: float
     total_ms: float = Field(description="process start to first prediction")
+    launch_ms: float | None = Field(
+        default=None, description="launcher start (docker run / subprocess) to process start: the isolation's cost"
+    )
+    launch_to_timed_ms: float | None = Field(
+        default=None, description="launcher start to the first timed iteration of the job's first cell"
+    )
 
 
 class ClassMetrics(Record):

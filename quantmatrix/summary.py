@@ -197,3 +197,27 @@ def render_text(rows: list[CellSummary]) -> str:
         )
     lines.append("speedup: vs the FP32 reference on torch-eager; for the null runner, its p50 as % of the fastest")
     return "\n".join(lines)
+
+
+def launch_overheads(results: list[Result]) -> list[str]:
+    """One line per runtime: what starting a job costs (launcher -> process, launcher -> first timed call).
+
+    Every cell of a job shares its cold start, so each job counts once.
+    """
+    jobs: dict[str, dict[tuple[object, ...], tuple[float | None, float | None]]] = {}
+    for r in results:
+        cs = r.cold_start
+        if r.status != "ok" or cs is None or cs.launch_ms is None:
+            continue
+        c = r.cell
+        job = (r.run_id, r.fingerprint.machine_id, c.model, c.variant, c.runner, c.repeat)
+        jobs.setdefault(r.fingerprint.runtime or "?", {})[job] = (cs.launch_ms, cs.launch_to_timed_ms)
+    lines = []
+    for runtime, per_job in sorted(jobs.items()):
+        start = _median(v[0] for v in per_job.values())
+        timed = _median(v[1] for v in per_job.values())
+        lines.append(
+            f"job start on {runtime}: launcher -> process {start or 0:.0f} ms, launcher -> first timed call "
+            f"{timed or 0:.0f} ms (medians over {len(per_job)} run jobs; the latter includes load and scoring)"
+        )
+    return lines

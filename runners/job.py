@@ -20,7 +20,7 @@ import numpy as np
 
 from quantmatrix.data import LabelledData, load_dataset
 from quantmatrix.errors import ArtifactError, QuantmatrixError, RecordError
-from quantmatrix.hardware import fingerprint
+from quantmatrix.hardware import fingerprint, launched_at
 from quantmatrix.metrics import agreement, quality, top_k
 from quantmatrix.plan import REFERENCE, build_jobs
 from quantmatrix.records import CanaryResult, Cell, ColdStart, Manifest, Result, read_record, write_record
@@ -224,7 +224,14 @@ class RunJob:
         t_first = time.perf_counter()
         first = np.asarray(session.predict(_encode(tokenizer, texts[:1], names, self.model.max_length)))
         first_ms = (time.perf_counter() - t_first) * 1e3
-        cold = ColdStart(load_ms=load_ms, first_call_ms=first_ms, total_ms=(time.time() - process_start_time()) * 1e3)
+        launched = launched_at()
+        cold = ColdStart(
+            load_ms=load_ms,
+            first_call_ms=first_ms,
+            total_ms=(time.time() - process_start_time()) * 1e3,
+            launch_ms=(process_start_time() - launched) * 1e3 if launched else None,
+        )
+        first_timed: list[float] = []
         check_output(first, 1, len(labels))
         if self.runner.backend != "null":
             if canary_texts:
@@ -273,7 +280,9 @@ class RunJob:
                 f"[time  ] {self.variant} on {self.runner.name}: batch {cell.batch_size}, {cell.seq_mode} "
                 f"(seq {inputs.seq_len})"
             )
-            lat = time_predict(session.predict, inputs, measure)
+            lat = time_predict(session.predict, inputs, measure, on_start=lambda: first_timed.append(time.time()))
+            if launched and len(first_timed) == 1:
+                cold.launch_to_timed_ms = (first_timed[0] - launched) * 1e3
             ops = encoder_ops(arch, cell.batch_size, inputs.tokens_per_call / cell.batch_size) if arch else None
             achieved = ops / (lat.p50 / 1e3) if ops else None
             r = self.base(

@@ -74,7 +74,12 @@ def tokenise(
     return Inputs(batch_size=batch_size, seq_mode=seq_mode, batches=tuple(batches))
 
 
-def time_predict(predict: Callable[[Batch], object], inputs: Inputs, spec: MeasureSpec) -> Latency:
+def time_predict(
+    predict: Callable[[Batch], object],
+    inputs: Inputs,
+    spec: MeasureSpec,
+    on_start: Callable[[], None] | None = None,
+) -> Latency:
     """Warm up, then time calls until both `min_iterations` and `min_seconds` are reached.
 
     `max_seconds` and `max_iterations` cap it (the null runner would otherwise keep millions of
@@ -82,6 +87,7 @@ def time_predict(predict: Callable[[Batch], object], inputs: Inputs, spec: Measu
 
     Batches are cycled in a fixed order so every variant sees the same inputs. GC is paused in the
     timed loop so a collection does not land in one backend's samples and not another's.
+    `on_start` is called just before the first timed call.
     """
     batches = inputs.batches
     for i in range(spec.warmup):
@@ -90,6 +96,8 @@ def time_predict(predict: Callable[[Batch], object], inputs: Inputs, spec: Measu
     gc_was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()
+    if on_start is not None:
+        on_start()
     try:
         start = time.perf_counter_ns()
         i = 0

@@ -16,12 +16,13 @@ import pytest
 import builders
 import runners
 from bench import Job, Launcher, Plan, execute, plan
+from quantmatrix.hardware import LAUNCHED_AT_ENV
 from quantmatrix.plan import build_jobs
 from quantmatrix.records import Manifest, Result, read_record, write_record
 from quantmatrix.spec import load_matrix
 from quantmatrix.store import Store, list_files
-from quantmatrix.summary import load_results, render_text, summarise
-from runners.job import RunJob
+from quantmatrix.summary import launch_overheads, load_results, render_text, summarise
+from runners.job import RunJob, process_start_time
 
 pytestmark = pytest.mark.slow
 
@@ -170,15 +171,22 @@ def test_bench_plan_interleaves_rounds_and_a_crash_or_oom_does_not_stop_the_run(
     jobs = [
         Job(kind="run", name="oom", argv=["-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]),
         Job(kind="run", name="crash", argv=["-c", "raise SystemExit('runner exploded')"]),
-        Job(kind="run", name="fine", argv=["-c", "print('ok')"]),
+        # the launcher tells the job when it started it (for the isolation overhead in results)
+        Job(
+            kind="run",
+            name="fine",
+            argv=["-c", "import os, time; assert 0 < time.time() - float(os.environ['QUANTMATRIX_LAUNCHED_AT']) < 60"],
+        ),
     ]
     done = execute(Plan(jobs=jobs, cells=3), Launcher(), Store(work / "artifacts"), log=lambda _: None)
-    assert [j.state for j in done] == ["failed", "failed", "done"]
+    assert [j.state for j in done] == ["failed", "failed", "done"], done[2].log_tail
     assert done[0].reason.startswith("killed by SIGKILL")
     assert "runner exploded" in done[1].reason
 
 
-def test_summary_groups_rounds_and_reports_speedup(work):
+def test_summary_groups_rounds_and_reports_speedup(work, monkeypatch):
+    # As if a launcher had started this (pytest) process 250 ms before it began.
+    monkeypatch.setenv(LAUNCHED_AT_ENV, repr(process_start_time() - 0.25))
     for repeat in (0, 1):
         _run(work, "reference", "torch-eager", repeat)
         _run(work, "ort-int8-dynamic", "ort-cpu", repeat)
@@ -200,6 +208,10 @@ def test_summary_groups_rounds_and_reports_speedup(work):
     assert int8.speedup == pytest.approx(ref.p50_ms / int8.p50_ms)
     assert np.isfinite(int8.p50_ms)
     assert "ort-int8-dynamic" in render_text(rows)
+    cold = next(r for r in results if r.cell.variant == "ort-int8-dynamic").cold_start
+    assert cold.launch_ms == pytest.approx(250, abs=1) and cold.launch_to_timed_ms > cold.launch_ms
+    [line] = launch_overheads(results)
+    assert "launcher -> process 250 ms" in line and "over 6 run jobs" in line
 
 
 @pytest.mark.parametrize("variant", ["torch-int8-dynamic", "torch-int8-dynamic-torchao"])
