@@ -72,10 +72,10 @@ def reference(session: nox.Session) -> None:
 
 
 def _bench_args(session: nox.Session, device: str) -> list[str]:
-    """posargs for `python -m bench`, with the runtime defaulting to docker and the profile to default."""
+    """posargs for `python -m bench`: runtime docker, profile `default` (cpu) or `gpu` (cuda) unless given."""
     args = list(session.posargs)
     if "--profile" not in args:
-        args += ["--profile", "default"]
+        args += ["--profile", "gpu" if device == "cuda" else "default"]
     if "--runtime" not in args:
         args += ["--runtime", "docker"]
     return ["--device", device, *args]
@@ -111,7 +111,7 @@ def benchmark_cpu(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, name="benchmark-gpu", default=False)
 def benchmark_gpu(session: nox.Session) -> None:
-    """Run the matrix's CUDA cells in the CUDA image (needs an NVIDIA GPU and its container runtime)."""
+    """Run the matrix's CUDA cells (profile gpu) in the CUDA image (needs a GPU and the NVIDIA runtime)."""
     _benchmark(session, "cuda")
 
 

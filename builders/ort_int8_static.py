@@ -38,6 +38,8 @@ class OrtInt8StaticParams:
     activation_type: Literal["uint8", "int8"] = "uint8"
     weight_type: Literal["int8", "uint8"] = "int8"
     reduce_range: bool = False
+    # Zero-point-free activations (ORT's ActivationSymmetric): what TensorRT's explicit INT8 needs.
+    symmetric_activations: bool = False
     check_examples: int = 128
 
 
@@ -91,6 +93,7 @@ def build(ctx: BuildContext, params: OrtInt8StaticParams) -> Manifest:
             weight_type=types[params.weight_type],
             calibrate_method=getattr(CalibrationMethod, _METHODS[params.calibration_method]),
             calibration_providers=["CPUExecutionProvider"],
+            extra_options={"ActivationSymmetric": True} if params.symmetric_activations else None,
         )
     steps.append(
         f"calibrate: {params.calibration_method} over {len(calibration)} calibration examples in {len(feeds)} batches"
@@ -100,6 +103,7 @@ def build(ctx: BuildContext, params: OrtInt8StaticParams) -> Manifest:
     steps.append(
         f"convert: QDQ, activations {params.activation_type}, weights {params.weight_type} "
         f"{'per channel' if params.per_channel else 'per tensor'}, ops {','.join(params.op_types) or 'all'}"
+        f"{', symmetric activations' if params.symmetric_activations else ''}"
     )
     link_tree(src.path / (src.manifest.tokenizer or "tokenizer"), ctx.out / "tokenizer")
     check = validation_check(ctx, model_path, tokenizer, params.check_examples)

@@ -114,6 +114,17 @@ class Latency(Record):
     warmup: int
 
 
+class DeviceTiming(Record):
+    """The GPU side of each timed call from CUDA events, like trtexec: copy in, compute, copy out.
+
+    `Result.latency` stays the host wall time of the whole call; these split it on the device.
+    """
+
+    h2d: Latency = Field(description="host-to-device input copies")
+    compute: Latency = Field(description="the engine's or model's kernels")
+    d2h: Latency = Field(description="device-to-host output copy")
+
+
 class ColdStart(Record):
     load_ms: float
     first_call_ms: float
@@ -197,6 +208,7 @@ class Result(Record):
     threads: int | None = None
     runner_options: dict[str, Any] = Field(default_factory=dict)
     latency: Latency | None = None
+    device_timing: DeviceTiming | None = Field(None, description="CUDA runners: H2D / compute / D2H split")
     throughput_per_s: float | None = Field(None, description="examples per second at this batch size")
     cold_start: ColdStart | None = None
     peak_rss_bytes: int | None = None

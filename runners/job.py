@@ -21,9 +21,19 @@ import numpy as np
 from quantmatrix.data import LabelledData, load_dataset
 from quantmatrix.errors import ArtifactError, QuantmatrixError, RecordError
 from quantmatrix.hardware import fingerprint, launched_at
-from quantmatrix.metrics import agreement, quality, top_k
+from quantmatrix.metrics import agreement, percentile_summary, quality, top_k
 from quantmatrix.plan import REFERENCE, build_jobs
-from quantmatrix.records import CanaryResult, Cell, ColdStart, Manifest, Result, read_record, write_record
+from quantmatrix.records import (
+    CanaryResult,
+    Cell,
+    ColdStart,
+    DeviceTiming,
+    Latency,
+    Manifest,
+    Result,
+    read_record,
+    write_record,
+)
 from quantmatrix.spec import Matrix, MeasureSpec, parse_params
 from quantmatrix.store import Store, now_iso
 from runners import LoadRequest, RunnerInfo, Session, Skip, registry
@@ -166,6 +176,11 @@ class RunJob:
             return []
         precision = "?"
         try:
+            built = self.store.read_any(self.key)
+            if built is not None and built.status == "skipped":
+                # The builder could not run here (no TensorRT, no GPU): every cell says why.
+                precision = built.precision
+                raise Skip(built.reason or "the artefact's build was skipped")
             manifest = self.store.load(self.key, verify=True)
             precision = manifest.precision
             reference = self.store.load(self.ref_key, verify=False)
@@ -281,6 +296,7 @@ class RunJob:
                 f"(seq {inputs.seq_len})"
             )
             lat = time_predict(session.predict, inputs, measure, on_start=lambda: first_timed.append(time.time()))
+            device_timing = _device_timing(session, lat)
             if launched and len(first_timed) == 1:
                 cold.launch_to_timed_ms = (first_timed[0] - launched) * 1e3
             ops = encoder_ops(arch, cell.batch_size, inputs.tokens_per_call / cell.batch_size) if arch else None
@@ -298,6 +314,7 @@ class RunJob:
                 achieved_ops_per_s=achieved,
                 peak_ops_per_s=peak,
                 runner_options={**session.options(), "threads": self.threads},
+                device_timing=device_timing,
                 random_init=manifest.random_init,
                 extra={
                     "quality_eval": "natural length, batch 32",
@@ -314,6 +331,19 @@ class RunJob:
                 f"p50 {lat.p50:.2f} ms, verdict {r.verdict}"
             )
         return results
+
+
+def _device_timing(session: Session, lat: Latency) -> DeviceTiming | None:
+    """The GPU-side split (CUDA events) of the timed calls, for sessions that record one."""
+    timing = getattr(session, "device_timing", None)
+    if timing is None:
+        return None
+    split = timing(lat.iterations)
+    if not split or not split.get("compute"):
+        return None
+    parts = {k: Latency(samples=[round(x, 5) for x in v], iterations=len(v), warmup=lat.warmup, **percentile_summary(v))
+             for k, v in split.items()}  # fmt: skip
+    return DeviceTiming(**parts)
 
 
 def _encode(tokenizer: Any, texts: list[str], names: list[str], max_length: int) -> dict[str, np.ndarray]:

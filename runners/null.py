@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from runners import LoadRequest, runner
+from runners import LoadRequest, Skip, runner
 
 
 @dataclass(frozen=True)
@@ -35,5 +35,11 @@ class NullSession:
 
 @runner("null", params=NullParams, formats=("torch", "onnx", "tensorrt"), devices=("cpu", "cuda"))
 def load(request: LoadRequest) -> NullSession:
+    if request.device == "cuda":
+        from quantmatrix.gpu import probe_cuda
+
+        # Harness overhead belongs next to the GPU numbers it qualifies: measured on a GPU machine only.
+        if (reason := probe_cuda().reason) is not None:
+            raise Skip(f"needs CUDA: {reason}")
     names = tuple(t.name for t in request.manifest.io_inputs)
     return NullSession(names, len(request.manifest.id2label))

@@ -10,6 +10,8 @@ import numpy as np
 
 from runners import LoadRequest, Skip, runner
 
+_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
+
 
 @dataclass(frozen=True)
 class TorchParams:
@@ -30,19 +32,56 @@ class TorchSession:
         self.input_names = input_names
         self._device = device
         self._options = options
+        self._cuda = device.startswith("cuda")
+        # CUDA events around the copy in, the forward pass and the copy out of every call.
+        self._events = [torch.cuda.Event(enable_timing=True) for _ in range(4)] if self._cuda else []
+        self._timings: list[tuple[float, float, float]] = []
 
     def predict(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         torch = self._torch
         with torch.inference_mode():
-            feed = {k: torch.from_numpy(inputs[k]).to(self._device) for k in self.input_names}
-            out = self._module(**feed)
-            logits = out.logits if hasattr(out, "logits") else (out[0] if isinstance(out, tuple | list) else out)
-            if self._device != "cpu":
-                torch.cuda.synchronize()
-            return logits.float().cpu().numpy()
+            if not self._cuda:
+                feed = {k: torch.from_numpy(inputs[k]) for k in self.input_names}
+                return _logits(self._module(**feed)).float().numpy()
+            ev = self._events
+            ev[0].record()
+            feed = {k: torch.from_numpy(inputs[k]).to(self._device, non_blocking=False) for k in self.input_names}
+            ev[1].record()
+            logits = _logits(self._module(**feed)).float()
+            ev[2].record()
+            out = logits.cpu().numpy()  # a synchronous copy: the forward pass has finished when it returns
+            ev[3].record()
+            ev[3].synchronize()
+            self._timings.append((ev[0].elapsed_time(ev[1]), ev[1].elapsed_time(ev[2]), ev[2].elapsed_time(ev[3])))
+            if len(self._timings) > 10000:
+                del self._timings[:-5000]
+            return out
+
+    def device_timing(self, last: int) -> dict[str, list[float]]:
+        """CUDA-event times (ms) of the last `last` calls: h2d, compute, d2h (CUDA only)."""
+        rows = self._timings[-last:]
+        return {k: [r[i] for r in rows] for i, k in enumerate(("h2d", "compute", "d2h"))}
 
     def options(self) -> dict[str, Any]:
         return dict(self._options)
+
+
+def _logits(out: Any) -> Any:
+    return out.logits if hasattr(out, "logits") else (out[0] if isinstance(out, tuple | list) else out)
+
+
+def cuda_unavailable(torch: Any) -> str | None:
+    """Why PyTorch cannot use a GPU here: the driver's own answer first, then PyTorch's build."""
+    from quantmatrix.gpu import probe_cuda
+
+    reasons = []
+    if (driver := probe_cuda().reason) is not None:
+        reasons.append(driver)
+    if torch.version.cuda is None:
+        reasons.append(f"PyTorch {torch.__version__} is a CPU-only build")
+    if not reasons and not torch.cuda.is_available():
+        reasons.append(f"PyTorch {torch.__version__} (CUDA {torch.version.cuda}) sees no usable GPU")
+    return "; ".join(reasons) or None
 
 
 def load_module(request: LoadRequest) -> Any:
@@ -72,14 +111,16 @@ def load(request: LoadRequest) -> TorchSession:
     import torch
 
     p: TorchParams = request.params
-    if request.device == "cuda" and not torch.cuda.is_available():
-        raise Skip("needs CUDA: no NVIDIA GPU/driver visible to PyTorch")
+    if request.device == "cuda" and (reason := cuda_unavailable(torch)):
+        raise Skip(f"needs CUDA: {reason}")
     torch.set_num_threads(request.threads)
     module = load_module(request).to(request.device)
     if hasattr(module, "eval") and not hasattr(module, "graph"):
         module = module.eval()
-    if p.dtype != "auto":
-        module = module.to(getattr(torch, p.dtype))
+    # "auto": the artefact's own precision (transformers 4.x would load FP16 safetensors as FP32).
+    dtype = p.dtype if p.dtype != "auto" else _DTYPES.get(request.manifest.precision)
+    if dtype is not None:
+        module = module.to(getattr(torch, dtype))
     if p.compile:
         import torch._inductor.config as inductor_config
 
@@ -94,8 +135,9 @@ def load(request: LoadRequest) -> TorchSession:
             "compile": p.compile,
             "compile_mode": p.compile_mode if p.compile else None,
             "freezing": p.freezing if p.compile else None,
-            "dtype": p.dtype,
+            "dtype": dtype or p.dtype,
             "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name() if request.device == "cuda" else None,
             "interop_threads": torch.get_num_interop_threads(),
         },
     )

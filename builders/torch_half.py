@@ -1,0 +1,78 @@
+"""The reference cast to FP16 or BF16 (PyTorch), saved as half-size safetensors, for the CUDA runners.
+
+Steps: load the FP32 reference -> convert: cast every floating-point weight to `dtype` -> check
+the half-precision logits against the reference on the check examples (on this machine's CPU,
+which has FP16/BF16 kernels for every BERT op) -> save: safetensors in `dtype` + tokenizer.
+The torch runner loads the weights in the manifest's precision (never silently upcast).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from builders import BuildContext, builder, link_tree
+from quantmatrix.errors import QuantmatrixError
+from quantmatrix.records import Manifest
+
+PRECISION = {"float16": "fp16", "bfloat16": "bf16"}
+
+
+@dataclass(frozen=True)
+class TorchHalfParams:
+    dtype: Literal["float16", "bfloat16"] = "float16"
+    check_examples: int = 128
+
+
+@builder("torch-half", params=TorchHalfParams, output_format="torch", device="cuda")
+def build(ctx: BuildContext, params: TorchHalfParams) -> Manifest:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from builders._onnx import load_tokenizer
+    from builders.reference import predict_logits
+
+    ref = ctx.reference
+    if ref.manifest.format != "torch":
+        raise QuantmatrixError(f"torch-half casts a torch reference, got format {ref.manifest.format!r}")
+    dtype = getattr(torch, params.dtype)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(ref.path / (ref.manifest.entry or "model")), local_files_only=True
+    ).eval()
+    model = model.to(dtype)
+    kinds = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
+    steps = [f"convert: every parameter cast to {params.dtype} (parameters now {', '.join(kinds)})"]
+
+    link_tree(ref.path / (ref.manifest.tokenizer or "tokenizer"), ctx.out / "tokenizer")
+    tokenizer = load_tokenizer(ctx.out / "tokenizer")
+    texts = [e.text for e in ctx.data.split("test")[: params.check_examples]]
+    logits = predict_logits(model, tokenizer, texts, ctx.model.max_length)
+    ref_logits = np.load(ref.path / "eval" / "test_logits.npy", allow_pickle=False)[: len(texts)]
+    check = {
+        "check_examples": len(texts),
+        "check_top1_agreement": round(float((logits.argmax(-1) == ref_logits.argmax(-1)).mean()), 6),
+        "check_max_abs_logit_diff": round(float(np.abs(logits - ref_logits).max()), 6),
+    }
+    steps.append(
+        f"check: {params.dtype} on CPU vs reference on {len(texts)} test examples, top-1 agreement "
+        f"{check['check_top1_agreement']:.3f}, max |Δlogit| {check['check_max_abs_logit_diff']:.2e}"
+    )
+    model.save_pretrained(ctx.out / "model", safe_serialization=True)
+    steps.append(f"save: model/model.safetensors in {params.dtype}")
+    return ctx.manifest(
+        format="torch",
+        precision=PRECISION[params.dtype],
+        params=params,
+        entry="model",
+        tokenizer="tokenizer",
+        io_inputs=ref.manifest.io_inputs,
+        io_outputs=ref.manifest.io_outputs,
+        id2label=ref.manifest.id2label,
+        random_init=ref.manifest.random_init,
+        device="cuda",
+        steps=steps,
+        metrics=check,
+        extra={"torch_dtype": params.dtype, "torch_loader": "hf"},
+    )
