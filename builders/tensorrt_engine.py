@@ -1,8 +1,9 @@
 """TensorRT engines (FP32, FP16, explicit-quantisation INT8) from an ONNX model, with the TensorRT Python API.
 
-Steps: parse (OnnxParser into an explicit-batch network; strongly typed for a QDQ model) ->
-profiles (one optimisation profile per batch size, min/opt/max sequence lengths from the params)
--> build (BuilderConfig: workspace, FP16 flag for fp16) -> serialise the engine (TensorRT's plan
+Steps: parse (OnnxParser into an explicit-batch network) -> profiles (one optimisation profile
+per batch size, min/opt/max sequence lengths from the params) -> build (BuilderConfig: workspace,
+FP16 flag for fp16; for int8 the Q/DQ nodes decide what is INT8, the rest FP16 with TensorRT 10's
+flags or FP32 strongly typed) -> serialise the engine (TensorRT's plan
 format, never a pickle) with its build log and the TensorRT version, GPU name and compute
 capability it is tied to. INT8 comes from a QDQ model (explicit quantisation), never from the
 deprecated implicit calibrator; TensorRT needs it symmetric, which `qdq_problems` checks first.
@@ -37,6 +38,10 @@ class TensorrtEngineParams:
     workspace_mib: int = 4096
     optimization_level: int = 3  # TensorRT builder optimisation level 0..5
     tf32: bool = False  # fp32 engines: TF32 off unless asked, so "fp32" means FP32 arithmetic
+    # int8: let the layers the QDQ model leaves unquantised run in FP16 (TensorRT 10's weakly typed
+    # INT8+FP16 build, trtexec --int8 --fp16); false, or a TensorRT without precision flags: strongly
+    # typed, those layers stay in the model's FP32.
+    int8_fp16_fallback: bool = True
 
 
 @dataclass(frozen=True)
@@ -155,9 +160,11 @@ def build(ctx: BuildContext, params: TensorrtEngineParams) -> Manifest:
     steps: list[str] = []
     try:
         trt_builder = trt.Builder(log.logger)
-        # Explicit batch is the only mode in TensorRT 10; a QDQ model is built strongly typed, so
-        # the Q/DQ nodes alone decide what runs in INT8 (no precision flags, no calibrator).
-        strongly_typed = params.precision == "int8" or src.manifest.precision == "fp16"
+        # Explicit batch is the only mode in TensorRT 10. INT8 is explicit quantisation either way:
+        # the Q/DQ nodes decide what runs in INT8 and no calibrator is ever set.
+        has_flags = hasattr(trt.BuilderFlag, "FP16") and hasattr(trt.BuilderFlag, "INT8")
+        weak_int8 = params.precision == "int8" and params.int8_fp16_fallback and has_flags
+        strongly_typed = (params.precision == "int8" and not weak_int8) or src.manifest.precision == "fp16"
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
         network = trt_builder.create_network(flags)
         parser = trt.OnnxParser(network, log.logger)
@@ -167,7 +174,7 @@ def build(ctx: BuildContext, params: TensorrtEngineParams) -> Manifest:
         names = [network.get_input(i).name for i in range(network.num_inputs)]
         steps.append(
             f"parse: OnnxParser, {network.num_layers} layers, inputs {names}"
-            f"{', strongly typed' if strongly_typed else ''}"
+            f"{', strongly typed' if strongly_typed else ''}{', INT8 (QDQ) + FP16 flags' if weak_int8 else ''}"
         )
         config = trt_builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, params.workspace_mib << 20)
@@ -178,7 +185,10 @@ def build(ctx: BuildContext, params: TensorrtEngineParams) -> Manifest:
                     f"TensorRT {trt.__version__} has no FP16 builder flag: build trt-fp16 from an FP16 ONNX model"
                 )
             config.set_flag(trt.BuilderFlag.FP16)
-        if params.precision == "fp32" and not params.tf32:
+        if weak_int8:
+            config.set_flag(trt.BuilderFlag.INT8)
+            config.set_flag(trt.BuilderFlag.FP16)
+        if params.precision == "fp32" and not params.tf32 and hasattr(trt.BuilderFlag, "TF32"):
             config.clear_flag(trt.BuilderFlag.TF32)
         profiles = profile_shapes(names, params.batch_sizes, params.min_seq, opt_seq, max_seq)
         for prof in profiles:
@@ -231,6 +241,7 @@ def build(ctx: BuildContext, params: TensorrtEngineParams) -> Manifest:
             "build_log": "build.log",
             "profiles": [{"batch": p.batch, "shapes": p.shapes} for p in profiles],
             "strongly_typed": strongly_typed,
+            "int8_fp16_fallback": weak_int8,
             "source_precision": src.manifest.precision,
         },
     )

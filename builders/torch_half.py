@@ -59,7 +59,7 @@ def build(ctx: BuildContext, params: TorchHalfParams) -> Manifest:
         f"check: {params.dtype} on CPU vs reference on {len(texts)} test examples, top-1 agreement "
         f"{check['check_top1_agreement']:.3f}, max |Δlogit| {check['check_max_abs_logit_diff']:.2e}"
     )
-    model.save_pretrained(ctx.out / "model", safe_serialization=True)
+    model.save_pretrained(ctx.out / "model")  # safetensors: the default in transformers 4.x and the only format in 5.x
     steps.append(f"save: model/model.safetensors in {params.dtype}")
     return ctx.manifest(
         format="torch",
