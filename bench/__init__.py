@@ -16,7 +16,7 @@ from pathlib import Path
 
 from quantmatrix.errors import SpecError
 from quantmatrix.hardware import LAUNCHED_AT_ENV
-from quantmatrix.plan import REFERENCE, build_jobs
+from quantmatrix.plan import GENERATION, REFERENCE, build_jobs, cell_modes, variants_for
 from quantmatrix.spec import Matrix
 from quantmatrix.store import Store
 
@@ -79,11 +79,11 @@ def plan(
     jobs: list[Job] = []
     build_names: dict[tuple[str, str], str] = {}
     cells = 0
-    per_run = len(prof.measure.batch_sizes) * len(prof.measure.seq_modes)
     rounds = repeats or prof.measure.repeats
     pairs: list[tuple[str, str, str]] = []  # (model, variant, runner)
     for model in prof.models:
-        for b in build_jobs(matrix, model, prof.variants):
+        variants = variants_for(matrix, model, prof.variants)  # a variant's `models` list restricts it
+        for b in build_jobs(matrix, model, variants):
             name = f"build {model}/{b.variant}"
             build_names[(model, b.variant)] = name
             jobs.append(
@@ -98,7 +98,7 @@ def plan(
                     deps=[build_names[(model, d)] for d in b.deps],
                 )
             )
-        for variant in (REFERENCE, *prof.variants):
+        for variant in (REFERENCE, *variants):
             v = matrix.variants.get(variant)
             builder = v.builder if v else REFERENCE
             fmt = builder_formats.get(builder)
@@ -113,6 +113,8 @@ def plan(
                     continue
                 if variant != REFERENCE and r.backend == "null":
                     continue
+                if r.backend == "null" and matrix.models[model].task == GENERATION:
+                    continue  # the null runner returns classifier-shaped zeros; it has no generation loop
                 pairs.append((model, variant, r.name))
     for repeat in range(rounds):
         for model, variant, runner in pairs:
@@ -149,7 +151,7 @@ def plan(
                     ],
                 )
             )
-            cells += per_run
+            cells += len(cell_modes(matrix.models[model], prof.measure))
     return Plan(jobs=jobs, cells=cells)
 
 

@@ -24,7 +24,7 @@ from quantmatrix.errors import QuantmatrixError
 if TYPE_CHECKING:
     from bench import Plan
     from quantmatrix.records import Result
-    from quantmatrix.spec import MeasureSpec
+    from quantmatrix.spec import Matrix, MeasureSpec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         failed = [j for j in jobs if j.state == "failed"]
         for j in failed:
             print(f"FAILED {j.name}: {j.reason}", file=sys.stderr)
-        missing = missing_cells(p, matrix.profile(args.profile).measure, results)
+        missing = missing_cells(p, matrix, matrix.profile(args.profile).measure, results)
         counts = Counter(r.status for r in results)
         print(f"cells: {p.cells} planned; results " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
         for cell in missing:
@@ -145,18 +145,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def missing_cells(p: Plan, measure: MeasureSpec, results: list[Result]) -> list[str]:
+def missing_cells(p: Plan, matrix: Matrix, measure: MeasureSpec, results: list[Result]) -> list[str]:
     """Cells the plan promised that have no schema-valid result file."""
+    from quantmatrix.plan import cell_modes
+
     have = {(r.cell.model, r.cell.variant, r.cell.runner, r.cell.repeat, r.cell.batch_size, r.cell.seq_mode)
             for r in results}  # fmt: skip
     missing = []
     for job in p.jobs:
         if job.kind != "run":
             continue
-        for b in measure.batch_sizes:
-            for s in measure.seq_modes:
-                if (job.model, job.variant, job.runner, job.repeat, b, s) not in have:
-                    missing.append(f"{job.model}/{job.variant} on {job.runner} b{b} {s} round {job.repeat + 1}")
+        for b, s in cell_modes(matrix.models[job.model], measure):
+            if (job.model, job.variant, job.runner, job.repeat, b, s) not in have:
+                missing.append(f"{job.model}/{job.variant} on {job.runner} b{b} {s} round {job.repeat + 1}")
     return missing
 
 

