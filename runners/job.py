@@ -287,7 +287,8 @@ class RunJob:
                 ],
             }
         arch = reference.extra.get("arch")
-        peak = _machine_peak(self.store.root, manifest.precision)
+        # The roof is a CPU GEMM (torch.mm / MatMulInteger): it says nothing about a GPU cell.
+        peak = _machine_peak(self.store.root, manifest.precision) if self.runner.device == "cpu" else None
         results = []
         for cell in cells:
             inputs = tokenise(
