@@ -27,7 +27,7 @@ LOG_TAIL = 3000
 class Job:
     """One isolated unit of work. `argv` is run as `python <argv>` by a launcher."""
 
-    kind: str  # "build" | "run"
+    kind: str  # "build" | "run" | "analysis"
     name: str
     argv: list[str]
     deps: list[str] = field(default_factory=list)
@@ -152,7 +152,50 @@ def plan(
                 )
             )
             cells += len(cell_modes(matrix.models[model], prof.measure))
+    jobs += analysis_jobs(matrix, profile, device, build_names, common, results_arg, run_id)
     return Plan(jobs=jobs, cells=cells)
+
+
+def analysis_jobs(
+    matrix: Matrix,
+    profile: str,
+    device: str,
+    build_names: dict[tuple[str, str], str],
+    common: list[str],
+    results_arg: str,
+    run_id: str,
+) -> list[Job]:
+    """The profile's analyses on `device` (all their runners on it), after builds of what they read.
+
+    Builds the profile does not already plan (a variant only an analysis reads) are added here;
+    `build_names` is updated in place.
+    """
+    jobs: list[Job] = []
+    for name in matrix.profile(profile).analyses:
+        a = matrix.analyses[name]
+        if any(matrix.runners[r].device != device for r in a.runners):
+            continue
+        needed = tuple(v for v in a.variants if v != REFERENCE)
+        for b in build_jobs(matrix, a.model, needed):
+            if (a.model, b.variant) in build_names:
+                continue
+            build_names[(a.model, b.variant)] = f"build {a.model}/{b.variant}"
+            jobs.append(
+                Job(
+                    kind="build", name=f"build {a.model}/{b.variant}", key=b.key, model=a.model, variant=b.variant,
+                    device=device, argv=["-m", "builders", "job", *common, "--model", a.model, "--variant", b.variant],
+                    deps=[build_names[(a.model, d)] for d in b.deps],
+                )
+            )  # fmt: skip
+        argv = ["-m", "runners", "analysis", *common, "--results", results_arg, "--profile", profile]
+        jobs.append(
+            Job(
+                kind="analysis", name=f"analysis {name}", model=a.model, variant=name, device=device,
+                deps=[build_names[(a.model, v)] for v in (*needed, REFERENCE)],
+                argv=[*argv, "--name", name, "--run-id", run_id],
+            )
+        )  # fmt: skip
+    return jobs
 
 
 class Launcher:
@@ -215,7 +258,7 @@ def execute(
         failed_deps = [d for d in job.deps if by_name[d].state == "failed"]
         if job.kind == "build" and not failed_deps and store.lookup(job.key or "") is not None:
             job.state = "cached"
-        elif job.kind == "run" and not failed_deps and is_done is not None and is_done(job):
+        elif job.kind in ("run", "analysis") and not failed_deps and is_done is not None and is_done(job):
             job.state = "cached"  # every cell already has a result for this artefact: nothing to launch
         elif failed_deps and job.kind == "build":
             job.state, job.reason = "failed", f"needs {failed_deps[0]}, which failed"
@@ -260,6 +303,14 @@ def record_failure(job: Job, matrix: Matrix, profile: str, store: Store, results
     from quantmatrix.records import Manifest
     from quantmatrix.store import now_iso
 
+    if job.kind == "analysis":
+        from runners.analyses import AnalysisJob
+
+        analysis = AnalysisJob(
+            matrix, job.variant, artifacts=store.root, results=results, run_id=run_id, profile=profile, log=print
+        )
+        analysis.write_failure(job.reason, job.log_tail)
+        return
     if job.kind == "build" and job.key:
         current = store.read_any(job.key)
         if current is None or current.status == "ok":
@@ -283,7 +334,13 @@ def record_failure(job: Job, matrix: Matrix, profile: str, store: Store, results
 
 
 def run_is_done(job: Job, matrix: Matrix, profile: str, store: Store, results: Path, run_id: str) -> bool:
-    """True when every cell of a run job already has a result for the current artefact."""
+    """True when every cell of a run job already has a result for the current artefact (an analysis job:
+    when its record is current)."""
+    if job.kind == "analysis":
+        from runners.analyses import AnalysisJob
+
+        a = AnalysisJob(matrix, job.variant, artifacts=store.root, results=results, run_id=run_id, profile=profile)
+        return a.is_done()
     from runners.job import RunJob
 
     run = RunJob(

@@ -54,11 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     from quantmatrix.hardware import describe, fingerprint
     from quantmatrix.spec import load_matrix
     from quantmatrix.store import Store
-    from quantmatrix.summary import launch_overheads, load_results, render_text, summarise
+    from quantmatrix.summary import headlines, launch_overheads, load_results, render_text, summarise
 
     try:
         b, r = builders.registry(), runners.registry()
-        matrix = load_matrix(args.matrix, builders=b, backends=r)
+        from runners.analyses import registry as analysis_kinds
+
+        matrix = load_matrix(args.matrix, builders=b, backends=r, analyses=analysis_kinds())
         fp = fingerprint()
         run_id = args.run_id or f"{args.profile}-{args.device}-{fp.machine_id}"
         matrix_arg, artifacts_arg, results_arg = str(args.matrix), str(args.artifacts), str(args.results)
@@ -126,7 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         jobs = execute(p, launcher, store, timeout=args.timeout, on_failure=on_failure, is_done=is_done)
         print(f"\nfinished in {time.perf_counter() - t0:.0f}s")
         results, errors = load_results([args.results / run_id])
-        print(render_text(summarise(results)))
+        rows = summarise(results)
+        print(render_text(rows))
+        for line in headlines(rows):
+            print(line)
+        for line in analysis_lines(args.results / run_id):
+            print(line)
         for line in launch_overheads(results):
             print(line)
         for line in errors:
@@ -143,6 +150,25 @@ def main(argv: list[str] | None = None) -> int:
     except QuantmatrixError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def analysis_lines(run_dir: Path) -> list[str]:
+    """One line per analysis record of the run: its status and what it found."""
+    from quantmatrix.errors import RecordError
+    from quantmatrix.records import SensitivityResult, read_analysis
+
+    lines = []
+    for path in sorted((run_dir / "analyses").glob("*.json")):
+        try:
+            a = read_analysis(path)
+        except RecordError as e:
+            lines.append(f"unreadable analysis: {e}")
+            continue
+        found = a.reason or ""
+        if isinstance(a, SensitivityResult) and a.status == "ok":
+            found = f"{len(a.trials)} {a.granularity} trials; most sensitive: {', '.join(a.ranking[:3])}"
+        lines.append(f"analysis {a.analysis} ({a.kind}): {a.status} in {a.wall_seconds or 0:.0f}s; {found}")
+    return lines
 
 
 def missing_cells(p: Plan, matrix: Matrix, measure: MeasureSpec, results: list[Result]) -> list[str]:

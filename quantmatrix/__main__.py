@@ -43,14 +43,17 @@ def check(path: Path) -> int:
     try:
         import builders
         import runners
+        import runners.analyses
 
         known_b: Mapping[str, Any] | None = builders.registry()
         known_r: Mapping[str, Any] | None = runners.registry()
+        known_a: Mapping[str, Any] | None = runners.analyses.registry()
     except ImportError:  # core installed alone: structure is still checked
-        known_b = known_r = None
-    matrix = load_matrix(path, builders=known_b, backends=known_r)
+        known_b = known_r = known_a = None
+    matrix = load_matrix(path, builders=known_b, backends=known_r, analyses=known_a)
     for p in matrix.profiles.values():
-        print(f"{p.name}: models={list(p.models)} variants={len(p.variants)} runners={list(p.runners)}")
+        analyses = f" analyses={list(p.analyses)}" if p.analyses else ""
+        print(f"{p.name}: models={list(p.models)} variants={len(p.variants)} runners={list(p.runners)}{analyses}")
     return 0
 
 

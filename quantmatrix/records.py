@@ -18,6 +18,8 @@ from quantmatrix.errors import RecordError
 
 MANIFEST_VERSION: Literal[1] = 1
 RESULT_VERSION: Literal[1] = 1
+PREDICTION_VERSION: Literal[1] = 1
+ANALYSIS_VERSION: Literal[1] = 1
 
 Status = Literal["ok", "failed", "skipped"]
 Verdict = Literal["pass", "drift", "fail", "skipped", "failed", "reference", "n/a"]
@@ -112,6 +114,11 @@ class Latency(Record):
     max: float
     iterations: int
     warmup: int
+    background_cores: float | None = Field(
+        None,
+        description="CPU time other processes used while these samples were taken, in cores (from /proc/stat): "
+        "near 0 on a quiet machine; a large value means the samples compete with other work",
+    )
 
 
 class DeviceTiming(Record):
@@ -159,6 +166,8 @@ class WorstExample(Record):
     variant_top: str
     kl: float
     max_abs_dlogit: float
+    reference_top5: list[tuple[str, float]] = Field(default_factory=list)
+    variant_top5: list[tuple[str, float]] = Field(default_factory=list)
 
 
 class Agreement(Record):
@@ -168,6 +177,11 @@ class Agreement(Record):
     max_abs_dlogit: float
     flips: int
     worst: list[WorstExample] = Field(default_factory=list)
+    predictions: list[int] | None = Field(
+        None,
+        description="the variant's top-1 class id for every scored test example, in split order: lets the "
+        "report compare any two backends with each other, not only with the reference",
+    )
 
 
 class CanaryResult(Record):
@@ -175,6 +189,49 @@ class CanaryResult(Record):
     expected: str
     top5: list[tuple[str, float]]
     reference_top: str | None = None
+
+
+class FlippedExample(Record):
+    """A test example whose top-1 changed when its text was mistyped (robustness runs)."""
+
+    text: str
+    perturbed: str
+    label: str
+    clean_top: str
+    perturbed_top: str
+    reference_top: str | None = Field(None, description="the FP32 reference's top-1 on the perturbed text")
+
+
+class RobustnessLevel(Record):
+    """Quality at one typo rate, on the same perturbed texts for every variant."""
+
+    rate: float = Field(description="share of words given one typo")
+    examples: int
+    words: int
+    words_changed: int
+    accuracy: float
+    macro_f1: float
+    agreement: float | None = Field(None, description="top-1 agreement with FP32 on the same perturbed texts")
+    reference_accuracy: float | None = None
+    reference_macro_f1: float | None = None
+    flips: int = Field(description="examples whose top-1 differs from this variant's top-1 on the clean text")
+    flipped: list[FlippedExample] = Field(default_factory=list)
+
+
+class Robustness(Record):
+    method: str
+    seed: int
+    levels: list[RobustnessLevel]
+
+
+class BuildSummary(Record):
+    """How the measured artefact was made, copied from its manifest (the report reads only results)."""
+
+    builder: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    build_seconds: float
+    steps: list[str] = Field(default_factory=list)
+    metrics: dict[str, float] = Field(default_factory=dict)
 
 
 class GenerationAgreement(Record):
@@ -222,6 +279,61 @@ class Generation(Record):
     tokenizer: str = Field("", description="where the tokenizer came from (e.g. an offline BPE, not GPT-2's)")
 
 
+class SensitivityTrial(Record):
+    """One trial: the listed nodes quantised to INT8, every other node FP32, scored on one split vs FP32."""
+
+    unit: str = Field(description="the Linear layer or group quantised (module path), or 'k=N' in a search")
+    nodes: list[str] = Field(description="ONNX nodes quantised to INT8 in this trial")
+    macro_f1: float
+    accuracy: float
+    f1_drop: float = Field(description="FP32 macro-F1 minus this trial's, on the same examples")
+    agreement: float = Field(description="top-1 agreement with the FP32 model on the same examples")
+    agreement_drop: float = Field(description="1 - agreement")
+    mean_kl: float = Field(description="mean KL(FP32 || trial) of the softmax")
+    max_abs_dlogit: float
+    flips: int
+    quantize_seconds: float
+    eval_seconds: float
+
+
+class MixedPrecisionTrial(Record):
+    """One candidate of a mixed-precision search: the k most sensitive units kept FP32, the rest INT8."""
+
+    k: int
+    keep_fp32: list[str]
+    quantized_nodes: int
+    macro_f1: float
+    accuracy: float
+    f1_ratio: float = Field(description="macro-F1 / FP32 macro-F1 on the same examples")
+    agreement: float
+    mean_kl: float
+    passed: bool
+    seconds: float
+
+
+class MixedPrecisionSearch(Record):
+    """How a mixed-precision artefact chose its FP32 layers: ranking, every trial, the choice and why."""
+
+    mode: Literal["search", "k", "keep_fp32"]
+    split: str
+    examples: int
+    granularity: str
+    rank_by: str
+    quantization: str
+    units: int = Field(description="units (Linear layers or groups) in the graph")
+    ranking: list[str] = Field(default_factory=list, description="most sensitive first")
+    fp32_macro_f1: float
+    min_f1_ratio: float
+    min_agreement: float
+    max_mean_kl: float | None = None
+    keep_fp32: list[str]
+    chosen_k: int | None = None
+    passed: bool
+    trials: list[MixedPrecisionTrial] = Field(default_factory=list)
+    scan: list[SensitivityTrial] = Field(default_factory=list, description="the one-unit trials the ranking is from")
+    why: str
+
+
 class Cell(Record):
     """Coordinates of one measurement in the matrix."""
 
@@ -267,15 +379,103 @@ class Result(Record):
     agreement: Agreement | None = None
     canary: list[CanaryResult] = Field(default_factory=list)
     generation: Generation | None = Field(None, description="causal-LM cells: greedy generation timing and checks")
+    robustness: Robustness | None = None
+    build: BuildSummary | None = None
+    mixed_precision: MixedPrecisionSearch | None = Field(
+        None, description="mixed-precision artefacts: how their FP32 layers were chosen (from the manifest)"
+    )
     random_init: bool = False
     extra: dict[str, Any] = Field(default_factory=dict)
     started: str
     finished: str
 
 
+class PredictionRow(Record):
+    """One artefact on one runner for the `predict` input."""
+
+    variant: str
+    runner: str
+    backend: str
+    precision: str
+    artifact_key: str
+    status: Status
+    reason: str | None = None
+    top5: list[tuple[str, float]] = Field(default_factory=list)
+    latency_ms: float | None = Field(None, description="one call after one warm-up call")
+    load_ms: float | None = None
+    differs_from_reference: bool | None = Field(None, description="top-1 differs from the FP32 reference's")
+
+
+class Prediction(Record):
+    """`python -m runners.predict TEXT`: every runnable artefact's top-5 for one input."""
+
+    schema_version: Literal[1] = PREDICTION_VERSION
+    text: str
+    model: str
+    reference_top: str | None = None
+    rows: list[PredictionRow]
+    threads: int
+    fingerprint: Fingerprint
+    created: str
+
+
+class AnalysisRecord(Record):
+    """What every analysis writes to `results/<run-id>/analyses/<name>.json`; each kind extends it."""
+
+    schema_version: Literal[1] = ANALYSIS_VERSION
+    kind: str
+    run_id: str
+    analysis: str = Field(description="its name in the matrix: [analyses.<name>]")
+    model: str
+    key: str = Field(description="hash of the analysis spec and its input artefacts; unchanged -> not rerun")
+    status: Status
+    reason: str | None = None
+    log_tail: str | None = None
+    fingerprint: Fingerprint
+    random_init: bool = False
+    wall_seconds: float | None = None
+    started: str
+    finished: str
+
+
+class SensitivityResult(AnalysisRecord):
+    """Layer-wise sensitivity: each unit alone quantised to INT8, scored against FP32, ranked."""
+
+    kind: Literal["sensitivity"] = "sensitivity"
+    variant: str = Field("", description="the FP32 ONNX variant scanned")
+    runner: str = ""
+    backend: str = ""
+    device: str = "cpu"
+    artifact_key: str | None = None
+    reference_key: str | None = None
+    split: str = "validation"
+    examples: int = 0
+    granularity: str = "linear"
+    rank_by: str = "kl"
+    quantization: str = ""
+    params: dict[str, Any] = Field(default_factory=dict)
+    threads: int | None = None
+    runner_options: dict[str, Any] = Field(default_factory=dict)
+    fp32_macro_f1: float | None = None
+    fp32_accuracy: float | None = None
+    all_int8: SensitivityTrial | None = Field(None, description="every unit quantised at once, for comparison")
+    trials: list[SensitivityTrial] = Field(default_factory=list, description="one per unit, in graph order")
+    ranking: list[str] = Field(default_factory=list, description="unit names, most sensitive first")
+    tokenise_seconds: float | None = None
+
+
+# Analysis kind -> its record class (`kind` tells them apart in a results directory).
+ANALYSIS_RECORDS: dict[str, type[AnalysisRecord]] = {"sensitivity": SensitivityResult}
+
 R = TypeVar("R", bound=Record)
 
-_VERSIONS: dict[type[Record], int] = {Manifest: MANIFEST_VERSION, Result: RESULT_VERSION}
+_VERSIONS: dict[type[Record], int] = {
+    Manifest: MANIFEST_VERSION,
+    Result: RESULT_VERSION,
+    Prediction: PREDICTION_VERSION,
+    AnalysisRecord: ANALYSIS_VERSION,
+    SensitivityResult: ANALYSIS_VERSION,
+}
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -332,11 +532,27 @@ def read_record(kind: type[R], path: Path) -> R:
     return parse_record(kind, data, str(path))
 
 
+def read_analysis(path: Path) -> AnalysisRecord:
+    """An analysis result of any kind, validated as the record class its `kind` names."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecordError(f"{path}: file not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RecordError(f"{path}: not a JSON analysis record ({e})") from None
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind not in ANALYSIS_RECORDS:
+        raise RecordError(f"{path}: kind: unknown analysis kind {kind!r}; expected one of {sorted(ANALYSIS_RECORDS)}")
+    return parse_record(ANALYSIS_RECORDS[kind], data, str(path))
+
+
 def json_schemas() -> dict[str, dict[str, Any]]:
     """The exported JSON Schemas, keyed by file name under `schemas/`."""
     return {
         "manifest.schema.json": Manifest.model_json_schema(),
         "result.schema.json": Result.model_json_schema(),
+        "prediction.schema.json": Prediction.model_json_schema(),
+        **{f"{kind}.schema.json": cls.model_json_schema() for kind, cls in ANALYSIS_RECORDS.items()},
     }
 
 

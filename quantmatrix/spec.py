@@ -133,10 +133,13 @@ class MeasureSpec:
     # Rounds over every (variant, runner): each round measures all of them once, interleaved, so
     # slow drift of a shared machine spreads over all variants instead of biasing one.
     repeats: int = 1
-    # Causal-LM generation cells: batch sizes, untimed warm-up passes and timed passes over the prompts.
+    # Causal-LM generation cells: batch sizes, untimed warm-up generations and timed passes over the prompts.
     generation_batch_sizes: tuple[int, ...] = (1, 4)
     generation_warmup: int = 1
     generation_rounds: int = 3
+    # Robustness under typos: shares of words mistyped (0.05 = 5%); empty = not measured.
+    robustness_levels: tuple[float, ...] = ()
+    robustness_seed: int = 1234
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,27 @@ class ProfileSpec:
     variants: tuple[str, ...]
     runners: tuple[str, ...]
     measure: MeasureSpec
+    analyses: tuple[str, ...] = ()
+
+
+ANALYSIS_SPLITS = ("train", "validation", "test", "calibration")
+
+
+@dataclass(frozen=True)
+class AnalysisSpec:
+    """One analysis (`[analyses.<name>]`): a kind run on a model's variants and runners, on one split.
+
+    What `variants`, `runners` and `params` must hold depends on the kind (its module in
+    `runners/analyses/` checks them); each analysis writes `results/<run-id>/analyses/<name>.json`.
+    """
+
+    name: str
+    kind: str
+    model: str
+    variants: tuple[str, ...] = ()
+    runners: tuple[str, ...] = ()
+    split: str = "validation"
+    params: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -169,6 +193,7 @@ class Matrix:
     runners: Mapping[str, RunnerSpec]
     profiles: Mapping[str, ProfileSpec]
     thresholds: Thresholds
+    analyses: Mapping[str, AnalysisSpec] = field(default_factory=dict)
 
     def profile(self, name: str) -> ProfileSpec:
         if name not in self.profiles:
@@ -248,6 +273,14 @@ def _check_name(r: _Reader, key: str) -> None:
         raise r.fail(key, "names must be lowercase letters, digits, '.', '_' or '-'")
 
 
+def _rates(r: _Reader, key: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    value = r.get(key, list, default, what="a list of rates between 0 and 1")
+    for i, item in enumerate(value):
+        if isinstance(item, bool) or not isinstance(item, int | float) or not 0 <= item <= 1:
+            raise r.fail(f"{key}[{i}]", f"expected a rate between 0 and 1 (0.05 = 5% of words), got {item!r}")
+    return tuple(float(v) for v in value)
+
+
 def _measure(r: _Reader, base: MeasureSpec) -> MeasureSpec:
     m = MeasureSpec(
         batch_sizes=r.ints("batch_sizes", base.batch_sizes),
@@ -264,6 +297,8 @@ def _measure(r: _Reader, base: MeasureSpec) -> MeasureSpec:
         generation_batch_sizes=r.ints("generation_batch_sizes", base.generation_batch_sizes),
         generation_warmup=r.get("generation_warmup", int, base.generation_warmup),
         generation_rounds=r.get("generation_rounds", int, base.generation_rounds),
+        robustness_levels=_rates(r, "robustness_levels", base.robustness_levels),
+        robustness_seed=r.get("robustness_seed", int, base.robustness_seed),
     )
     for i, mode in enumerate(m.seq_modes):
         if mode not in SEQ_MODES:
@@ -283,8 +318,9 @@ def load_matrix(
     *,
     builders: Mapping[str, Any] | None = None,
     backends: Mapping[str, Any] | None = None,
+    analyses: Mapping[str, Any] | None = None,
 ) -> Matrix:
-    """Load and validate `path`. `builders`/`backends`, when given, are the known plugin names."""
+    """Load and validate `path`. `builders`/`backends`/`analyses`, when given, are the known plugin names."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -296,7 +332,7 @@ def load_matrix(
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{path}: TOML syntax error: {e}") from None
-    return parse_matrix(doc, path, builders=builders, backends=backends)
+    return parse_matrix(doc, path, builders=builders, backends=backends, analyses=analyses)
 
 
 def parse_matrix(
@@ -305,6 +341,7 @@ def parse_matrix(
     *,
     builders: Mapping[str, Any] | None = None,
     backends: Mapping[str, Any] | None = None,
+    analyses: Mapping[str, Any] | None = None,
 ) -> Matrix:
     root = _Reader(path, doc, "")
     settings = root.table_of("settings")
@@ -456,6 +493,8 @@ def parse_matrix(
                 raise where.fail("from", f"cycle: {' -> '.join([*seen, cur.name])}")
             seen.append(cur.name)
 
+    analysis_specs = _analyses(root.table_of("analyses"), models, variants, runners, analyses)
+
     profiles: dict[str, ProfileSpec] = {}
     ptab = root.table_of("profiles")
     for name in ptab.table:
@@ -467,11 +506,15 @@ def parse_matrix(
             variants=r.names("variants"),
             runners=r.names("runners"),
             measure=_measure(r.table_of("measure"), base_measure),
+            analyses=r.names("analyses", ()),
         )
-        for key, known in (("models", models), ("variants", variants), ("runners", runners)):
+        for key, known in (
+            ("models", models), ("variants", variants), ("runners", runners), ("analyses", analysis_specs)
+        ):  # fmt: skip
             for i, item in enumerate(getattr(spec, key)):
                 if item not in known:
-                    raise r.fail(f"{key}[{i}]", f"unknown {key[:-1]} {item!r}; defined: {sorted(known)}")
+                    what = "analysis" if key == "analyses" else key[:-1]
+                    raise r.fail(f"{key}[{i}]", f"unknown {what} {item!r}; defined: {sorted(known)}")
         r.done()
         profiles[name] = spec
     root.done()
@@ -486,7 +529,56 @@ def parse_matrix(
         runners=runners,
         profiles=profiles,
         thresholds=thresholds,
+        analyses=analysis_specs,
     )
+
+
+def _analyses(
+    atab: _Reader,
+    models: Mapping[str, ModelSpec],
+    variants: Mapping[str, VariantSpec],
+    runners: Mapping[str, RunnerSpec],
+    kinds: Mapping[str, Any] | None,
+) -> dict[str, AnalysisSpec]:
+    """`[analyses.<name>]` tables. With `kinds` (the analysis registry), the kind, its params and its
+    own constraints (`check(spec, variants, runners) -> (key, message) | None`) are checked too."""
+    out: dict[str, AnalysisSpec] = {}
+    for name in atab.table:
+        _check_name(atab, name)
+        r = atab.table_of(name)
+        kind = r.get("kind", str)
+        if kinds is not None and kind not in kinds:
+            raise r.fail("kind", f"unknown analysis kind {kind!r}; expected one of {sorted(kinds)}")
+        spec = AnalysisSpec(
+            name=name,
+            kind=kind,
+            model=r.get("model", str),
+            variants=r.names("variants", ()),
+            runners=r.names("runners", ()),
+            split=r.get("split", str, "validation"),
+            params=dict(r.get("params", dict, {})),
+        )
+        if spec.model not in models:
+            raise r.fail("model", f"unknown model {spec.model!r}; defined: {sorted(models)}")
+        for i, v in enumerate(spec.variants):
+            if v != "reference" and v not in variants:
+                raise r.fail(f"variants[{i}]", f"unknown variant {v!r}; defined: {sorted(variants)}")
+        for i, rn in enumerate(spec.runners):
+            if rn not in runners:
+                raise r.fail(f"runners[{i}]", f"unknown runner {rn!r}; defined: {sorted(runners)}")
+        if spec.split not in ANALYSIS_SPLITS:
+            raise r.fail("split", f"expected one of {list(ANALYSIS_SPLITS)}, got {spec.split!r}")
+        r.done()  # a misspelt key first: it explains the kind's complaints that may follow
+        if kinds is not None:
+            info = kinds[kind]
+            if getattr(info, "params", None) is not None:
+                parse_params(info.params, spec.params, f"{atab.path}: analyses.{name}.params")
+            check = getattr(info, "check", None)
+            problem = check(spec, variants, runners) if check is not None else None
+            if problem is not None:
+                raise r.fail(*problem)
+        out[name] = spec
+    return out
 
 
 def parse_params(kind: type[T], values: Mapping[str, Any], where: str) -> T:

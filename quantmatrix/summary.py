@@ -17,6 +17,8 @@ from quantmatrix.errors import RecordError
 from quantmatrix.records import Result, read_record
 
 REFERENCE = "reference"
+# Other processes' CPU use during timing above which a cell's latency is flagged as disturbed.
+BUSY_CORES = 0.25
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class CellSummary:
     peak_ops_per_s: float | None = None
     threads: int | None = None
     random_init: bool = False
+    background_cores: float | None = None  # the most CPU other processes took while any round was timed
     run_id: str = ""
     members: tuple[int, ...] = ()  # indices into summarise()'s input: every round of this cell, for provenance
 
@@ -59,11 +62,16 @@ class CellSummary:
         return (self.model, self.batch_size, self.seq_mode)
 
 
+def result_files(root: Path) -> list[Path]:
+    """Result JSONs under `root`; analysis records (`<run>/analyses/*.json`) are another record type."""
+    return [p for p in root.rglob("*.json") if p.is_file() and "analyses" not in p.relative_to(root).parts[:-1]]
+
+
 def load_results(paths: Iterable[Path]) -> tuple[list[Result], list[str]]:
     """Every readable result JSON under the given files/directories, and one error line per bad file."""
     results, errors = [], []
     for root in paths:
-        files = sorted(root.rglob("*.json")) if root.is_dir() else [root]
+        files = sorted(result_files(root)) if root.is_dir() else [root]
         for path in files:
             try:
                 results.append(read_record(Result, path))
@@ -162,6 +170,10 @@ def summarise(results: list[Result]) -> list[CellSummary]:
                 peak_ops_per_s=_median(r.peak_ops_per_s for r in ok),
                 threads=first.threads,
                 random_init=first.random_init,
+                background_cores=max(
+                    (r.latency.background_cores for r in ok if r.latency and r.latency.background_cores is not None),
+                    default=None,
+                ),
                 run_id=run,
                 members=tuple(members[ident]),
             )
@@ -196,7 +208,40 @@ def render_text(rows: list[CellSummary]) -> str:
             f"{fmt(r.macro_f1, '6.4f')} {fmt(r.agreement, '6.4f')}  {r.verdict}"
         )
     lines.append("speedup: vs the FP32 reference on torch-eager; for the null runner, its p50 as % of the fastest")
+    busy = [r for r in rows if r.background_cores is not None and r.background_cores >= BUSY_CORES]
+    if busy:
+        worst = max(busy, key=lambda r: r.background_cores or 0.0)
+        lines.append(
+            f"warning: {len(busy)} of {len(rows)} cells were timed while other processes used >= {BUSY_CORES} "
+            f"cores (worst: {worst.variant} on {worst.runner}, {worst.background_cores:.2f} cores); their "
+            "latencies compete with that work: rerun them on a quiet machine"
+        )
     return "\n".join(lines)
+
+
+def headlines(rows: list[CellSummary]) -> list[str]:
+    """Per model and batch/seq setting: the fastest INT8 variant whose verdict is `pass`, against FP32 eager.
+
+    The answer users run the matrix for, with the harness overhead and the worst round-to-round
+    spread of the setting beside it so the ratio can be judged.
+    """
+    lines = []
+    for machine, model, batch, seq in sorted({(r.machine, *r.key) for r in rows}):
+        here = [r for r in rows if (r.machine, *r.key) == (machine, model, batch, seq) and r.p50_ms is not None]
+        base = next((r for r in here if r.variant == REFERENCE and r.speedup is not None and r.backend == "torch"), None)
+        passing = [r for r in here if "int8" in r.precision and r.verdict == "pass"]
+        if base is None or not passing:
+            continue
+        best = min(passing, key=lambda r: r.p50_ms or float("inf"))
+        null = next((r for r in here if r.backend == "null"), None)
+        spreads = [r.spread for r in here if r.spread is not None]
+        tail = f"; null runner {100 * null.overhead:.2f}% of the fastest" if null and null.overhead else ""
+        tail += f"; worst spread over rounds {max(spreads):.3f}" if spreads else ""
+        lines.append(
+            f"{model} b{batch} {seq}: fastest passing INT8 {best.variant} on {best.runner} {best.p50_ms:.2f} ms vs "
+            f"FP32 eager {base.p50_ms:.2f} ms = {best.speedup:.2f}x{tail}"
+        )
+    return lines
 
 
 def launch_overheads(results: list[Result]) -> list[str]:

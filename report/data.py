@@ -16,8 +16,8 @@ import pandas as pd
 from pydantic import ValidationError
 
 from quantmatrix.errors import RecordError
-from quantmatrix.records import Fingerprint, Result, read_record
-from quantmatrix.summary import CellSummary, summarise
+from quantmatrix.records import AnalysisRecord, Fingerprint, Result, read_analysis, read_record
+from quantmatrix.summary import CellSummary, result_files, summarise
 
 
 @dataclass
@@ -38,6 +38,9 @@ class Loaded:
     results: list[Result] = field(default_factory=list)
     sources: list[Source] = field(default_factory=list)
     invalid: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    # Analysis records (`<run>/analyses/<name>.json`, any kind) with their files; links set when the site is written.
+    analyses: list[tuple[AnalysisRecord, Path]] = field(default_factory=list)
+    analysis_links: dict[Path, str] = field(default_factory=dict)
 
     def machines(self) -> dict[str, Fingerprint]:
         """machine_id -> the fingerprint of its latest result, in order of first appearance."""
@@ -65,7 +68,12 @@ def load(dirs: Iterable[Path]) -> Loaded:
         if not root.exists():
             loaded.invalid.append((str(root), "no such file or directory"))
             continue
-        files = sorted(p for p in root.rglob("*.json") if p.is_file()) if root.is_dir() else [root]
+        files = sorted(result_files(root)) if root.is_dir() else [root]
+        for path in sorted(p for p in root.rglob("*.json") if p.parent.name == "analyses") if root.is_dir() else []:
+            try:
+                loaded.analyses.append((read_analysis(path), path))
+            except RecordError as e:
+                loaded.invalid.append((str(path), str(e).removeprefix(f"{path}: ")))
         for path in files:
             try:
                 result, raw = _read(path)

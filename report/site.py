@@ -142,6 +142,11 @@ def render(
     for asset in STATIC.iterdir():
         shutil.copyfile(asset, out / "static" / asset.name)
     _copy_raw(loaded, out, full=full_raw)
+    for record, path in loaded.analyses:  # analysis records are small: always copied whole
+        rel = f"raw/{_slug(record.fingerprint.machine_id)}/{_slug(record.run_id)}/analyses/{_slug(path.name)}"
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, out / rel)
+        loaded.analysis_links[path] = rel
 
     ctx = Context(loaded, table)
     built: list[tuple[Page, dict[str, Any], int]] = []

@@ -19,7 +19,7 @@ import numpy as np
 from quantmatrix.records import Manifest
 
 # Modules in this package that are not backends.
-_NOT_BACKENDS = {"measure", "guard", "job", "peak", "inputs"}
+_NOT_BACKENDS = {"measure", "guard", "job", "peak", "inputs", "predict", "robustness", "analyses"}
 
 
 class Skip(Exception):

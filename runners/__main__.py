@@ -2,8 +2,10 @@
 
 python -m runners job --profile P --model M --variant V --runner R [--run-id ID]
     one run job (what each container/venv job executes): guard, score, time every cell
+python -m runners analysis --name N [--profile P] [--run-id ID]
+    one analysis of the matrix ([analyses.N]): writes results/<run-id>/analyses/N.json
 python -m runners list
-    the registered backends
+    the registered backends and analysis kinds
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m runners", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("command", choices=["job", "list"])
+    ap.add_argument("command", choices=["job", "analysis", "list"])
     ap.add_argument("--matrix", type=Path, default=Path("matrix.toml"))
     ap.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     ap.add_argument("--results", type=Path, default=Path("results"))
@@ -29,19 +31,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runner", default="torch-eager")
     ap.add_argument("--run-id", default="local")
     ap.add_argument("--repeat", type=int, default=0, help="round index when a run measures every cell repeatedly")
+    ap.add_argument("--name", default=None, help="analysis: its name in the matrix ([analyses.<name>])")
     args = ap.parse_args(argv)
     from runners import registry
+    from runners.analyses import registry as analysis_registry
 
     try:
         backends = registry()
+        kinds = analysis_registry()
         if args.command == "list":
             for name, info in sorted(backends.items()):
                 print(f"{name:14} formats={','.join(info.formats):22} devices={','.join(info.devices)}")
+            for kind in sorted(kinds):
+                print(f"analysis {kind}")
             return 0
         from quantmatrix.spec import load_matrix
         from runners.job import RunJob
 
-        matrix = load_matrix(args.matrix, backends=backends)
+        matrix = load_matrix(args.matrix, backends=backends, analyses=kinds)
+        if args.command == "analysis":
+            from runners.analyses import AnalysisJob
+
+            if not args.name:
+                raise QuantmatrixError(f"analysis: --name is required; defined: {sorted(matrix.analyses)}")
+            record = AnalysisJob(
+                matrix, args.name, artifacts=args.artifacts, results=args.results, run_id=args.run_id,
+                profile=args.profile if args.profile in matrix.profiles else None,
+            ).run()  # fmt: skip
+            return 1 if record.status == "failed" else 0
         for what, name, known in (("model", args.model, matrix.models), ("runner", args.runner, matrix.runners)):
             if name not in known:
                 raise QuantmatrixError(f"{args.matrix}: unknown {what} {name!r}; defined: {sorted(known)}")

@@ -15,6 +15,19 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def stable_code_versions():
+    """Artefact keys hash the builders' source files; hash each once per session, so a source file edited
+    while a long test session runs (a shared working tree) cannot move keys between a build and its use."""
+    import functools
+
+    import quantmatrix.plan
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(quantmatrix.plan, "_code_version", functools.cache(quantmatrix.plan._code_version))
+        yield
+
+
 @pytest.fixture
 def repo() -> Path:
     return REPO
