@@ -8,7 +8,7 @@ into the manifest; the torch runner re-applies it at load (quantised modules are
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -22,6 +22,8 @@ from quantmatrix.torch_recipes import TORCH_AO_DEPRECATION, apply
 @dataclass(frozen=True)
 class TorchInt8DynamicParams:
     engine: Literal["torch.ao", "torchao"] = "torch.ao"
+    # Module paths left FP32 (a Linear or a parent, e.g. the top of a sensitivity ranking): mixed precision.
+    keep_fp32: tuple[str, ...] = ()
     check_examples: int = 128
 
 
@@ -38,7 +40,9 @@ def build(ctx: BuildContext, params: TorchInt8DynamicParams) -> Manifest:
     link_tree(ref.path / (ref.manifest.tokenizer or "tokenizer"), ctx.out / "tokenizer")
     steps = ["link: reference model/ (safetensors) and tokenizer/ (hard links, no copy)"]
 
-    recipe = {"name": "dynamic-int8", "engine": params.engine}
+    recipe: dict[str, Any] = {"name": "dynamic-int8", "engine": params.engine}
+    if params.keep_fp32:
+        recipe["keep_fp32"] = list(params.keep_fp32)
     model = AutoModelForSequenceClassification.from_pretrained(str(ctx.out / "model"), local_files_only=True).eval()
     facts = apply(model, recipe)
     api = (
@@ -46,7 +50,8 @@ def build(ctx: BuildContext, params: TorchInt8DynamicParams) -> Manifest:
         if params.engine == "torch.ao"
         else "torchao quantize_(Int8DynamicActivationInt8WeightConfig())"
     )
-    steps.append(f"prepare+convert: {api} on {facts['quantized_linear']} Linear modules")
+    kept = f", {len(facts['kept_fp32_linear'])} kept FP32" if params.keep_fp32 else ""
+    steps.append(f"prepare+convert: {api} on {facts['quantized_linear']} Linear modules{kept}")
 
     tokenizer = load_tokenizer(ctx.out / "tokenizer")
     texts = [e.text for e in ctx.data.split("test")[: params.check_examples]]
@@ -64,6 +69,7 @@ def build(ctx: BuildContext, params: TorchInt8DynamicParams) -> Manifest:
         "recipe": recipe,
         "int8_weight_bytes": facts["int8_weight_bytes"],
         "quantized_linear": facts["quantized_linear"],
+        **({"kept_fp32_linear": facts["kept_fp32_linear"]} if params.keep_fp32 else {}),
         "warnings": facts["warnings"],
         "on_disk": "FP32 safetensors; the INT8 weights exist in memory after the recipe",
     }

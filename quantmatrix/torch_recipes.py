@@ -25,27 +25,47 @@ TORCH_AO_DEPRECATION = (
 )
 
 
-def quantize_dynamic_int8(model: Any, engine: str) -> dict[str, Any]:
-    """Dynamic INT8 of every nn.Linear in place (weights int8 per channel/tensor, activations at run time).
+def quantize_dynamic_int8(model: Any, engine: str, keep_fp32: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Dynamic INT8 of every nn.Linear in place (weights int8 per channel/tensor, activations at run time),
+    except those under a `keep_fp32` module path (a Linear's own name or a parent's, e.g. the names
+    the sensitivity analysis ranks): mixed precision by module filter.
 
     Returns facts for the manifest: quantised module count, INT8 weight bytes, warnings raised.
     """
     import torch
 
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    int8_bytes = sum(m.weight.numel() for m in linears)  # one byte per weight once quantised
+    def kept(fqn: str) -> bool:
+        return any(fqn == k or fqn.startswith(f"{k}.") for k in keep_fp32)
+
+    named = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    unmatched = [k for k in keep_fp32 if not any(n == k or n.startswith(f"{k}.") for n, _ in named)]
+    if unmatched:
+        raise ArtifactError(f"keep_fp32: no Linear module at or under {unmatched[0]!r}")
+    linears = [(n, m) for n, m in named if not kept(n)]
+    int8_bytes = sum(m.weight.numel() for _, m in linears)  # one byte per weight once quantised
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if engine == "torch.ao":
-            torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+            spec: Any = {torch.nn.Linear}
+            if keep_fp32:
+                qconfig = torch.ao.quantization.default_dynamic_qconfig
+                spec = {n: qconfig for n, _ in linears}
+            torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
         elif engine == "torchao":
             from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
-            quantize_(model, Int8DynamicActivationInt8WeightConfig())
+            quantize_(
+                model,
+                Int8DynamicActivationInt8WeightConfig(),
+                filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and not kept(fqn),
+            )
         else:
             raise ArtifactError(f"unknown dynamic INT8 engine {engine!r} (expected torch.ao or torchao)")
     notes = sorted({f"{w.category.__name__}: {str(w.message).splitlines()[0][:200]}" for w in caught})
-    return {"quantized_linear": len(linears), "int8_weight_bytes": int8_bytes, "warnings": notes}
+    facts: dict[str, Any] = {"quantized_linear": len(linears), "int8_weight_bytes": int8_bytes, "warnings": notes}
+    if keep_fp32:
+        facts["kept_fp32_linear"] = [n for n, _ in named if kept(n)]
+    return facts
 
 
 def export_for_pt2e(model: Any, example: dict[str, Any]) -> Any:

@@ -355,3 +355,27 @@ def test_encoded_split_restores_split_order(fp32: Path, root: Path) -> None:
     logits = enc.logits(lambda feed: session.run(None, dict(feed))[0])
     one_by_one = np.concatenate([session.run(None, encode(tok, [t], 32))[0] for t in texts])
     np.testing.assert_allclose(logits, one_by_one, atol=1e-4)
+
+
+@pytest.mark.parametrize("engine", ["torch.ao", "torchao"])
+def test_torch_dynamic_int8_keeps_the_named_modules_fp32(root: Path, engine: str) -> None:
+    """The torch route of mixed precision: a module filter (torchao `filter_fn`, a torch.ao qconfig per name)."""
+    import torch
+
+    from quantmatrix.torch_recipes import rebuild
+
+    name = f"torch-keep-{engine.replace('.', '')}"
+    body = f'\n[variants.{name}]\nbuilder = "torch-int8-dynamic"\n'
+    body += f'params = {{ engine = "{engine}", keep_fp32 = ["classifier", "bert.encoder.layer.0.attention"] }}\n'
+    path = root / f"{name}.toml"
+    path.write_text(TINY_MATRIX + body)
+    store = Store(root / "artifacts")
+    manifest = builders.build_with_deps(_load(path), "tiny", (name,), store, log=lambda _: None)[name]
+    kept = manifest.extra["kept_fp32_linear"]
+    assert kept == [
+        f"bert.encoder.layer.0.attention.{m}" for m in ("self.query", "self.key", "self.value", "output.dense")
+    ] + ["classifier"]
+    assert manifest.extra["quantized_linear"] == LINEAR_UNITS - 5
+    model = rebuild(store.path(manifest.key), manifest)  # what the torch runner loads
+    fp32 = {n for n, m in model.named_modules() if type(m) is torch.nn.Linear and type(m.weight) is torch.nn.Parameter}
+    assert fp32 == set(kept)
