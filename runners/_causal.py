@@ -31,13 +31,18 @@ def _torch(request: LoadRequest) -> tuple[Stepper, dict[str, Any]]:
     import torch
 
     p = request.params
-    if request.device == "cuda" and not torch.cuda.is_available():
-        raise Skip("needs CUDA: no NVIDIA GPU/driver visible to PyTorch")
+    if request.device == "cuda":
+        from runners.torch import cuda_unavailable
+
+        if reason := cuda_unavailable(torch):
+            raise Skip(f"needs CUDA: {reason}")
     if p.compile:
         raise Skip("generation is measured in eager mode only (torch.compile of a growing KV cache is not set up)")
     if request.manifest.entry and request.manifest.entry.endswith(".pt2"):
         raise Skip(f"{request.manifest.entry}: torch.export archives are not loaded (they contain pickles)")
     loader = request.manifest.extra.get("torch_loader", "hf")
+    if loader == "bnb-llm-int8":
+        return _bnb(request)
     if loader not in ("hf", "lm-recipe"):
         raise Skip(f"torch loader {loader!r} does not build a causal LM")
     torch.set_num_threads(request.threads)
@@ -50,5 +55,25 @@ def _torch(request: LoadRequest) -> tuple[Stepper, dict[str, Any]]:
         "dtype": p.dtype,
         "torch": torch.__version__,
         "interop_threads": torch.get_num_interop_threads(),
+        "recipe": recipe,
+    }
+
+
+def _bnb(request: LoadRequest) -> tuple[Stepper, dict[str, Any]]:
+    """bitsandbytes LLM.int8: the load quantises, on the GPU (the model is never moved after it)."""
+    import torch
+
+    from quantmatrix.bnb import load_llm_int8, unavailable
+
+    if request.device != "cuda":
+        raise Skip("bitsandbytes LLM.int8 runs on CUDA only")
+    if reason := unavailable():
+        raise Skip(reason)
+    recipe = request.manifest.extra.get("recipe") or {}
+    model = load_llm_int8(request.path / (request.manifest.entry or "model"), float(recipe.get("threshold", 6.0)))
+    return TorchLM(model, "cuda"), {
+        "compile": False,
+        "dtype": "int8 (LLM.int8, FP16 outliers)",
+        "torch": torch.__version__,
         "recipe": recipe,
     }

@@ -373,3 +373,54 @@ def test_tensorrt_engine_builds_and_passes_the_guard(gpu_built: Path) -> None:
     assert r.status == "ok", r.reason
     assert r.verdict in ("pass", "drift")
     assert r.device_timing is not None and r.device_timing.h2d.p50 >= 0
+
+
+LM_MATRIX = """
+[datasets.headlines9]
+source = "bundled:headlines9"
+
+[models.tiny-lm]
+source = "random:gpt2-tiny"
+task = "text-generation"
+dataset = "headlines9"
+
+[models.tiny-lm.generation]
+prompts = 2
+prompt_tokens = 8
+new_tokens = 4
+
+[runners.torch-cuda]
+backend = "torch"
+device = "cuda"
+
+[variants.lm-bnb-int8]
+builder = "torch-int8-bnb-lm"
+
+[profiles.g]
+models = ["tiny-lm"]
+variants = ["lm-bnb-int8"]
+runners = ["torch-cuda"]
+"""
+
+
+@pytest.mark.skipif(NO_GPU is None, reason="this machine has a GPU: the LLM.int8 cells run")
+def test_bitsandbytes_llm_int8_without_a_gpu_is_skipped_with_the_reason(tmp_path: Path) -> None:
+    import builders
+    import runners
+    from quantmatrix.bnb import unavailable
+    from quantmatrix.spec import load_matrix
+    from quantmatrix.store import Store
+    from runners.job import RunJob
+
+    (tmp_path / "matrix.toml").write_text(LM_MATRIX)
+    matrix = load_matrix(tmp_path / "matrix.toml", builders=builders.registry(), backends=runners.registry())
+    built = builders.build_with_deps(matrix, "tiny-lm", ("lm-bnb-int8",), Store(tmp_path / "artifacts"), log=print)
+    reason = unavailable()
+    assert reason is not None
+    assert built["lm-bnb-int8"].status == "skipped" and built["lm-bnb-int8"].reason == reason
+    job = RunJob(
+        matrix, "g", "tiny-lm", "lm-bnb-int8", "torch-cuda",
+        artifacts=tmp_path / "artifacts", results=tmp_path / "results", run_id="g", log=lambda _: None,
+    )  # fmt: skip
+    results = job.run()
+    assert results and all(r.status == "skipped" and r.reason == reason for r in results)

@@ -1,0 +1,74 @@
+"""bitsandbytes LLM.int8 of a causal LM (GPT-2) on CUDA: the seeds compared it with ONNX Runtime INT8.
+
+Steps: link the reference's safetensors (no copy) -> convert: load with BitsAndBytesConfig
+(load_in_8bit, outlier threshold) on the GPU -> check greedy tokens and KL against the FP32
+reference -> write the recipe into the manifest (the torch runner repeats the load; nothing 8-bit
+is serialised). Without bitsandbytes or a GPU the artefact is `skipped` with the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from builders import BuildContext, builder, link_tree
+from quantmatrix.errors import QuantmatrixError
+from quantmatrix.records import Manifest
+
+
+@dataclass(frozen=True)
+class TorchInt8BnbLmParams:
+    threshold: float = 6.0  # LLM.int8 outlier threshold (bitsandbytes' default)
+
+
+@builder("torch-int8-bnb-lm", params=TorchInt8BnbLmParams, output_format="torch", device="cuda")
+def build(ctx: BuildContext, params: TorchInt8BnbLmParams) -> Manifest:
+    from quantmatrix.bnb import RECIPE, int8_modules, load_llm_int8, unavailable
+
+    ref = ctx.reference
+    if ref.manifest.format != "torch" or ref.manifest.task != "text-generation":
+        raise QuantmatrixError("torch-int8-bnb-lm quantises a torch causal-LM reference")
+    recipe = {"name": RECIPE, "threshold": params.threshold}
+    if reason := unavailable():
+        ctx.log(f"[skip  ] {ctx.variant.name}: {reason}")
+        return ctx.manifest(
+            format="torch", precision="int8", params=params, device="cuda", status="skipped", reason=reason
+        )
+    from builders._onnx_lm import reference_eval
+    from quantmatrix.causal_lm import TorchLM, greedy, kl_next_token, teacher_forced
+
+    link_tree(ref.path / (ref.manifest.entry or "model"), ctx.out / "model")
+    link_tree(ref.path / (ref.manifest.tokenizer or "tokenizer"), ctx.out / "tokenizer")
+    steps = ["link: reference model/ (safetensors) and tokenizer/ (hard links, no copy)"]
+    model = load_llm_int8(ctx.out / "model", params.threshold)
+    steps.append(
+        f"convert: BitsAndBytesConfig(load_in_8bit, threshold {params.threshold}), {int8_modules(model)} 8-bit"
+    )
+    prompts, ref_tokens, ref_logits = reference_eval(ref.path)
+    stepper = TorchLM(model, "cuda")
+    tokens, _ = greedy(stepper, prompts, ref_tokens.shape[1], use_cache=True)
+    logits = teacher_forced(stepper, prompts, ref_tokens)
+    check = {
+        "check_prompts": float(len(prompts)),
+        "check_token_agreement": round(float((tokens == ref_tokens).mean()), 6),
+        "check_top1": round(float((logits.argmax(-1) == ref_logits.argmax(-1)).mean()), 6),
+        "check_mean_kl": float(kl_next_token(ref_logits, logits).mean()),
+    }
+    steps.append(
+        f"check: greedy token agreement {check['check_token_agreement']:.3f}, mean KL {check['check_mean_kl']:.2e}"
+    )
+    return ctx.manifest(
+        format="torch",
+        precision="int8",
+        params=params,
+        entry="model",
+        tokenizer="tokenizer",
+        device="cuda",
+        steps=steps,
+        metrics=check,
+        extra={
+            "torch_loader": RECIPE,
+            "recipe": recipe,
+            "on_disk": "FP32 safetensors; bitsandbytes quantises at load (LLM.int8)",
+            "int8_modules": int8_modules(model),
+        },
+    )
