@@ -253,3 +253,21 @@ def _runtime(default: str) -> Literal["docker", "venv", "local"]:
     if value == "docker":
         return "docker"
     return "venv" if value == "venv" else "local"
+
+
+def cpu_busy_seconds() -> float | None:
+    """CPU time every process on this machine has used since boot, in seconds (Linux /proc/stat), or None.
+
+    With this process's own CPU time subtracted, the difference over an interval says how much of the
+    machine other work took while that interval was measured.
+    """
+    try:
+        fields = Path("/proc/stat").read_text(encoding="ascii").split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    # user nice system idle iowait irq softirq steal ...: busy is everything but idle and iowait.
+    ticks = [int(v) for v in fields[1:]]
+    busy = sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)
+    return busy / os.sysconf("SC_CLK_TCK")

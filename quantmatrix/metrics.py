@@ -78,6 +78,8 @@ def agreement(
             variant_top=labels[int(top_var[i])],
             kl=float(kl[i]),
             max_abs_dlogit=float(dlogit[i]),
+            reference_top5=top_k(reference[i], labels),
+            variant_top5=top_k(variant[i], labels),
         )
         for i in order[:worst]
     ]
@@ -88,6 +90,7 @@ def agreement(
         max_abs_dlogit=float(dlogit.max()) if dlogit.size else 0.0,
         flips=int((top_ref != top_var).sum()),
         worst=worst_rows,
+        predictions=[int(c) for c in top_var],
     )
 
 

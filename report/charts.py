@@ -99,6 +99,20 @@ def agreement_matrix(rows: pd.DataFrame, title: str) -> Spec:
     return (cells + text).properties(title=title, width=alt.Step(90), height=alt.Step(22)).to_dict(validate=False)
 
 
+def pairwise_agreement(data: pd.DataFrame, title: str) -> Spec:
+    """Top-1 agreement between every two variant @ runner pairs (a symmetric heat map), flips in the tooltip."""
+    order = sorted(set(data["a"]))
+    base = alt.Chart(data).encode(
+        x=alt.X("b:N", title=None, sort=order, axis=alt.Axis(labelAngle=-40)), y=alt.Y("a:N", title=None, sort=order)
+    )
+    cells = base.mark_rect().encode(
+        color=alt.Color("agreement:Q", scale=alt.Scale(scheme="redyellowgreen", domain=[0.8, 1.0], clamp=True)),
+        tooltip=["a", "b", "agreement", alt.Tooltip("flips:Q", title="label flips")],
+    )
+    text = base.mark_text(fontSize=10).encode(text=alt.Text("agreement:Q", format=".3f"))
+    return (cells + text).properties(title=title, width=alt.Step(48), height=alt.Step(22)).to_dict(validate=False)
+
+
 def canary(data: pd.DataFrame, title: str) -> Spec:
     """Top-5 probabilities per canary prompt (a dropdown), one bar per variant for each label."""
     prompts = list(dict.fromkeys(data["prompt"]))

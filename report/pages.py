@@ -140,6 +140,27 @@ def _canary_rows(ctx: Context, members: list[tuple[str, tuple[int, ...]]]) -> pd
     return pd.DataFrame(rows)
 
 
+def _pairwise(ctx: Context, series: dict[str, tuple[int, ...]]) -> pd.DataFrame:
+    """Top-1 agreement and label flips between every two variant @ runner series, from their predictions.
+
+    Every series scores the same test split, so two prediction lists compare example by example; the
+    reference's own predictions are recovered from any variant's agreement (it stores none of its own).
+    """
+    preds: dict[str, list[int]] = {}
+    for label, members in series.items():
+        found = ctx.first_ok(members)
+        if found is not None and found[1].agreement is not None and found[1].agreement.predictions is not None:
+            preds[label] = found[1].agreement.predictions
+    rows = []
+    for a, pa in preds.items():
+        for b, pb in preds.items():
+            if len(pa) != len(pb):
+                continue  # scored on different splits (eval_examples differ): not comparable
+            flips = sum(x != y for x, y in zip(pa, pb, strict=True))
+            rows.append({"a": a, "b": b, "agreement": round(1 - flips / len(pa), 4) if pa else None, "flips": flips})
+    return pd.DataFrame(rows)
+
+
 @page("drift", "Drift")
 def drift(ctx: Context) -> dict[str, Any] | None:
     sections = []
@@ -161,11 +182,15 @@ def drift(ctx: Context) -> dict[str, Any] | None:
         for rec in entries:
             if rec["a"].worst and rec["label"] not in worst:
                 worst[rec["label"]] = rec
+        pairs = _pairwise(ctx, series)
         sections.append(
             {
                 "model": model,
                 "machine": machine,
                 "rows": entries,
+                "pairs": ctx.chart("pairwise", charts.pairwise_agreement(pairs, f"{model} on {machine}: top-1 "
+                                                                                  "agreement between backends"),
+                                   machine) if not pairs.empty else None,
                 "worst": list(worst.values()),
                 "matrix": ctx.chart("agreement", charts.agreement_matrix(measured, f"{model} on {machine}: top-1 "
                                                                                     "agreement with FP32"), machine),

@@ -7,12 +7,14 @@ saved logits; it knows nothing about backends.
 from __future__ import annotations
 
 import gc
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from quantmatrix.hardware import cpu_busy_seconds
 from quantmatrix.metrics import percentile_summary
 from quantmatrix.records import Agreement, Latency, Quality
 from quantmatrix.spec import MeasureSpec, Thresholds
@@ -98,6 +100,7 @@ def time_predict(
     gc.disable()
     if on_start is not None:
         on_start()
+    busy0, own0 = cpu_busy_seconds(), _own_cpu_seconds()
     try:
         start = time.perf_counter_ns()
         i = 0
@@ -114,8 +117,25 @@ def time_predict(
     finally:
         if gc_was_enabled:
             gc.enable()
+    wall = (time.perf_counter_ns() - start) / 1e9
+    busy1, own1 = cpu_busy_seconds(), _own_cpu_seconds()
+    background = None
+    if busy0 is not None and busy1 is not None and wall > 0:
+        background = round(max(0.0, (busy1 - busy0) - (own1 - own0)) / wall, 3)
     s = percentile_summary(samples)
-    return Latency(samples=[round(x, 5) for x in samples], iterations=len(samples), warmup=spec.warmup, **s)
+    return Latency(
+        samples=[round(x, 5) for x in samples],
+        iterations=len(samples),
+        warmup=spec.warmup,
+        background_cores=background,
+        **s,
+    )
+
+
+def _own_cpu_seconds() -> float:
+    """User + system CPU time of this process, all its threads (backend thread pools included)."""
+    t = os.times()
+    return t.user + t.system
 
 
 def predict_all(

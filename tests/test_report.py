@@ -105,6 +105,33 @@ def test_site_from_real_results(results, tmp_path):
     assert any("17 results (0 invalid)" in line for line in log), log
 
 
+def test_backends_are_compared_with_each_other_not_only_with_fp32(results, tmp_path):
+    """The drift page's backend-vs-backend matrix is computed from each result's own predictions."""
+    from report.data import build_table, load
+    from report.pages import Context, _pairwise
+
+    loaded = load([results])
+    series = {}
+    for i, r in enumerate(loaded.results):
+        if r.status == "ok" and r.agreement is not None:
+            series.setdefault(f"{r.cell.variant} @ {r.cell.runner}", (i,))
+    assert len(series) == 3, series  # the reference on torch-eager, onnx-fp32 and ort-int8-dynamic on ort-cpu
+    pairs = _pairwise(Context(loaded, build_table(loaded)), series).set_index(["a", "b"])
+    assert len(pairs) == 9
+    by = {f"{r.cell.variant} @ {r.cell.runner}": r for r in loaded.results if r.agreement is not None}
+    a, b = by["onnx-fp32 @ ort-cpu"].agreement, by["ort-int8-dynamic @ ort-cpu"].agreement
+    flips = sum(x != y for x, y in zip(a.predictions, b.predictions, strict=True))
+    got = pairs.loc[("onnx-fp32 @ ort-cpu", "ort-int8-dynamic @ ort-cpu")]
+    assert got["flips"] == flips and got["agreement"] == round(1 - flips / len(a.predictions), 4)
+    # Against the reference the pairwise value is the recorded agreement with FP32.
+    assert pairs.loc[("reference @ torch-eager", "ort-int8-dynamic @ ort-cpu")]["agreement"] == round(b.top1, 4)
+    assert (pairs.xs("onnx-fp32 @ ort-cpu", level="a").loc["onnx-fp32 @ ort-cpu"]["flips"]) == 0
+    drift = (_render([results], tmp_path / "site")[0].parent / "drift.html").read_text(encoding="utf-8")
+    assert "Backend against backend" in drift and 'data-kind="pairwise"' in drift
+    worst = b.worst[0]
+    assert len(worst.variant_top5) == 5 and worst.variant_top5[0][0] == worst.variant_top
+
+
 def test_names_render_as_text_not_markup(results, tmp_path):
     src = next(results.rglob("tiny__ort-int8-dynamic__ort-cpu__b1__padded*.json"))
     data = _load(src)

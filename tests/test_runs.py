@@ -21,7 +21,7 @@ from quantmatrix.plan import build_jobs
 from quantmatrix.records import Manifest, Result, read_record, write_record
 from quantmatrix.spec import load_matrix
 from quantmatrix.store import Store, list_files
-from quantmatrix.summary import launch_overheads, load_results, render_text, summarise
+from quantmatrix.summary import headlines, launch_overheads, load_results, render_text, summarise
 from runners.job import RunJob, process_start_time
 
 pytestmark = pytest.mark.slow
@@ -208,6 +208,20 @@ def test_summary_groups_rounds_and_reports_speedup(work, monkeypatch):
     assert int8.speedup == pytest.approx(ref.p50_ms / int8.p50_ms)
     assert np.isfinite(int8.p50_ms)
     assert "ort-int8-dynamic" in render_text(rows)
+    lines = [h for h in headlines(rows) if h.startswith("tiny b1 padded")]
+    if int8.verdict == "pass":  # the only INT8 variant here: it is the headline, or there is none
+        [line] = lines
+        assert f"ort-int8-dynamic on ort-cpu {int8.p50_ms:.2f} ms vs FP32 eager {ref.p50_ms:.2f} ms" in line
+        assert "null runner" in line and "worst spread" in line
+    else:
+        assert lines == []
+    # A cell timed beside other work is named in a warning, with how much of the machine that work took.
+    assert all(r.latency.background_cores is not None for r in results if r.latency)
+    for r in results:
+        if r.latency:
+            r.latency.background_cores = 1.5 if r.cell.variant == "ort-int8-dynamic" else 0.0
+    warning = render_text(summarise(results)).splitlines()[-1]
+    assert warning.startswith("warning: 4 of 12 cells") and "ort-int8-dynamic on ort-cpu, 1.50 cores" in warning
     cold = next(r for r in results if r.cell.variant == "ort-int8-dynamic").cold_start
     assert cold.launch_ms == pytest.approx(250, abs=1) and cold.launch_to_timed_ms > cold.launch_ms
     [line] = launch_overheads(results)

@@ -1,0 +1,41 @@
+"""The timing loop itself: sample counts and bounds, and how much of the machine other work took meanwhile."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from quantmatrix.hardware import cpu_busy_seconds
+from quantmatrix.spec import MeasureSpec
+from runners.measure import Inputs, time_predict
+
+INPUTS = Inputs(batch_size=1, seq_mode="padded", batches=({"input_ids": np.zeros((1, 4), dtype=np.int64)},))
+
+
+def test_iterations_respect_both_minimums_and_the_cap():
+    spec = MeasureSpec(warmup=2, min_iterations=7, min_seconds=0.0, max_seconds=5.0)
+    lat = time_predict(lambda b: None, INPUTS, spec)
+    assert lat.iterations == len(lat.samples) == 7 and lat.warmup == 2
+    capped = time_predict(lambda b: None, INPUTS, MeasureSpec(warmup=0, min_iterations=10**9, max_iterations=50))
+    assert capped.iterations == 50
+    slow = time_predict(lambda b: time.sleep(0.002), INPUTS, MeasureSpec(warmup=0, min_iterations=1, min_seconds=0.1))
+    assert sum(slow.samples) >= 95 and slow.min >= 2.0  # timed until min_seconds, whatever the count
+
+
+@pytest.mark.skipif(cpu_busy_seconds() is None, reason="needs Linux /proc/stat")
+def test_background_load_during_timing_is_recorded():
+    """A process spinning beside the timed loop shows up as about one core of background load."""
+    spec = MeasureSpec(warmup=0, min_iterations=1, min_seconds=1.0)
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)  # let it get going
+        busy = time_predict(lambda b: time.sleep(0.005), INPUTS, spec)
+    finally:
+        burner.kill()
+        burner.wait()
+    assert busy.background_cores is not None
+    assert 0.6 <= busy.background_cores <= len(__import__("os").sched_getaffinity(0)) + 0.5
