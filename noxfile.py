@@ -87,6 +87,8 @@ def _benchmark(session: nox.Session, device: str) -> None:
     # docker: this venv only plans and launches (the image holds torch & co); venv: jobs run here.
     groups = ["report"] if runtime == "docker" else ["report", "cpu" if device == "cpu" else "gpu"]
     _install(session, *groups)
+    if session.run("python", "-c", "", silent=True) is None:
+        return  # --install-only: the virtualenv is ready; measure nothing
     # Run the matrix, then render the site from whatever was measured, then fail if a job failed.
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     code = subprocess.run([str(Path(session.bin) / "python"), "-m", "bench", *args], env=env).returncode

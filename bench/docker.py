@@ -53,6 +53,21 @@ def check_engine(docker: str) -> None:
         )
 
 
+def check_buildkit(docker: str) -> None:
+    """Builds need BuildKit (bind/secret mounts). Docker >= 23 clients do BuildKit through the buildx
+    plugin, and without it fail with a message about buildx; say what to do before starting a build."""
+    proc = subprocess.run([docker, "version", "--format", "{{.Client.Version}}"], capture_output=True, text=True)
+    major = proc.stdout.strip().split(".", 1)[0]
+    if not major.isdigit() or int(major) < 23:
+        return  # older clients (Debian's 20.10) have BuildKit built in
+    if subprocess.run([docker, "buildx", "version"], capture_output=True).returncode != 0:
+        raise DockerError(
+            f"{docker} (client {proc.stdout.strip()}) has no buildx plugin, which it needs to build with BuildKit: "
+            "install docker-buildx, or set QUANTMATRIX_DOCKER to a client with BuildKit built in "
+            "(e.g. Debian's /usr/bin/docker)"
+        )
+
+
 def check_nvidia_runtime(docker: str) -> None:
     """benchmark-gpu needs an NVIDIA GPU and the NVIDIA container runtime; say which is missing."""
     if not shutil.which("nvidia-smi") or subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode:
@@ -127,6 +142,7 @@ def ensure_image(
     if image_exists(docker, tag):
         log(f"[cached] image {tag}")
         return tag
+    check_buildkit(docker)
     house = ROOT / "wheelhouse"
     house.mkdir(exist_ok=True)  # bind-mounted into the build; may stay empty
     if wheelhouse is not None:

@@ -152,3 +152,16 @@ def test_no_engine_gives_one_clear_message(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: no Docker engine reachable"), proc.stderr
+
+
+def test_a_client_without_buildkit_is_named_before_building(tmp_path):
+    """A Docker >= 23 client without the buildx plugin cannot build with BuildKit: one message, no build."""
+    from bench.docker import DockerError, check_buildkit
+
+    client = tmp_path / "docker"
+    client.write_text('#!/bin/sh\ncase "$1" in version) echo 28.2.2;; buildx) exit 1;; esac\n')
+    client.chmod(0o755)
+    with pytest.raises(DockerError, match=r"has no buildx plugin.*QUANTMATRIX_DOCKER"):
+        check_buildkit(str(client))
+    client.write_text('#!/bin/sh\ncase "$1" in version) echo 20.10.24;; buildx) exit 1;; esac\n')
+    check_buildkit(str(client))  # BuildKit built in: fine
