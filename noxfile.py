@@ -127,6 +127,13 @@ def report(session: nox.Session) -> None:
     session.run("python", "-m", "report", *args)
 
 
+@nox.session(python=PYTHON)
+def predict(session: nox.Session) -> None:
+    """Classify one input with every built artefact: `-- "some headline" [--model M] [--all-runners]`."""
+    _install(session, "cpu", "report")
+    session.run("python", "-m", "runners.predict", *session.posargs, env={"HF_HUB_OFFLINE": "1"})
+
+
 @nox.session(python=False)
 def clean(session: nox.Session) -> None:
     """Remove generated artefacts, results and site (asks nothing: use with care)."""

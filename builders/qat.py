@@ -143,6 +143,9 @@ def build(ctx: BuildContext, params: QatParams) -> Manifest:
     )
     metrics = check | {
         "train_seconds": round(train_seconds, 2),
+        "train_examples": len(train),
+        "train_steps": step,
+        "train_epochs": params.epochs,
         "validation_macro_f1_before": round(f1_before, 4),
         "validation_macro_f1_after_qat": round(f1_after, 4),
         "validation_macro_f1_int8": round(f1_int8, 4),

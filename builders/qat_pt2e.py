@@ -144,6 +144,9 @@ def build(ctx: BuildContext, params: QatPt2eParams) -> Manifest:
         "check_top1_agreement": round(float((logits.argmax(-1) == ref_logits.argmax(-1)).mean()), 6),
         "check_max_abs_logit_diff": round(float(np.abs(logits - ref_logits).max()), 6),
         "train_seconds": round(train_seconds, 2),
+        "train_examples": len(train),
+        "train_steps": step,
+        "train_epochs": params.epochs,
         "final_loss": round(float(np.mean(losses[-10:])), 4),
         "validation_macro_f1_int8": round(f1_int8, 4),
     }

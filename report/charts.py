@@ -132,3 +132,26 @@ def canary(data: pd.DataFrame, title: str) -> Spec:
         .properties(title=title, width=520, height=alt.Step(7))
         .to_dict(validate=False)
     )
+
+
+def robustness(data: pd.DataFrame, title: str) -> Spec:
+    """Macro-F1 against the share of mistyped words, one line per variant @ runner."""
+    return (
+        alt.Chart(data[["series", "rate", "macro_f1", "accuracy", "agreement", "flips"]])
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("rate:Q", axis=alt.Axis(format="%"), title="words with a typo"),
+            y=alt.Y("macro_f1:Q", scale=alt.Scale(zero=False), title="macro-F1 (test split)"),
+            color=alt.Color("series:N", title="variant @ runner"),
+            tooltip=[
+                "series",
+                alt.Tooltip("rate:Q", format=".0%"),
+                alt.Tooltip("macro_f1:Q", format=".4f"),
+                alt.Tooltip("accuracy:Q", format=".4f"),
+                alt.Tooltip("agreement:Q", format=".4f"),
+                "flips",
+            ],
+        )
+        .properties(title=title, width=520, height=300)
+        .to_dict(validate=False)
+    )

@@ -278,6 +278,28 @@ def generation(ctx: Context) -> dict[str, Any] | None:
     return {"sections": sections} if sections else None
 
 
+@page("analyses", "Analyses")
+def analyses(ctx: Context) -> dict[str, Any] | None:
+    """Sections for the analyses found in the results: robustness under typos, PTQ vs QAT."""
+    from report import analyses as an
+
+    robust = []
+    for sec in an.robustness(ctx.loaded):
+        data = pd.DataFrame(sec["rows"])
+        title = f"{sec['model']} on {sec['machine']}: macro-F1 under typos"
+        robust.append(sec | {
+            "chart": ctx.chart("robustness", charts.robustness(data, title), sec["machine"],
+                               fallback=f"robustness-{sec['model']}-{sec['machine']}"),
+            "rows": [row | {"raw": ctx.link(row["index"])} for row in sec["rows"]],
+        })  # fmt: skip
+    comparisons = []
+    for c in an.ptq_vs_qat(ctx.loaded):
+        comparisons.append(c.__dict__ | {"rows": [row | {"raw": ctx.link(row["index"])} for row in c.rows]})
+    if not robust and not comparisons:
+        return None
+    return {"robustness": robust, "ptq_vs_qat": comparisons}
+
+
 @page("machines", "Machines")
 def machines(ctx: Context) -> dict[str, Any] | None:
     """The same cells side by side on every machine (only when results come from more than one)."""

@@ -24,6 +24,7 @@ from quantmatrix.hardware import fingerprint, launched_at
 from quantmatrix.metrics import agreement, percentile_summary, quality, top_k
 from quantmatrix.plan import GENERATION, REFERENCE, build_jobs, cell_modes
 from quantmatrix.records import (
+    BuildSummary,
     CanaryResult,
     Cell,
     ColdStart,
@@ -34,7 +35,7 @@ from quantmatrix.records import (
     read_record,
     write_record,
 )
-from quantmatrix.spec import Matrix, MeasureSpec, parse_params
+from quantmatrix.spec import Matrix, MeasureSpec, RunnerSpec, parse_params
 from quantmatrix.store import Store, now_iso
 from runners import LoadRequest, RunnerInfo, Session, Skip, registry
 from runners.guard import (
@@ -73,6 +74,50 @@ class CellPlan:
     def file_name(self, model: str, variant: str, runner: str) -> str:
         suffix = f"__r{self.repeat}" if self.repeat else ""
         return f"{model}__{variant}__{runner}__b{self.batch_size}__{self.seq_mode}{suffix}.json"
+
+
+@dataclass(frozen=True)
+class Opened:
+    """An artefact loaded on a runner and checked (label map, input names), with its tokenizer."""
+
+    session: Session
+    tokenizer: Any
+    names: list[str]
+    load_ms: float
+
+
+def open_artefact(
+    matrix: Matrix,
+    runner: RunnerSpec,
+    info: RunnerInfo,
+    artefact: Path,
+    manifest: Manifest,
+    reference: Manifest,
+    threads: int,
+) -> Opened:
+    """Load `artefact` the way every run job does: runner params from the matrix, guard on labels and inputs."""
+    from transformers import AutoTokenizer
+
+    params = parse_params(info.params, dict(runner.params), f"{matrix.path}: runners.{runner.name}.params")
+    check_labels(manifest, reference)
+    tokenizer = AutoTokenizer.from_pretrained(str(artefact / (manifest.tokenizer or "tokenizer")))
+    t_load = time.perf_counter()
+    session: Session = info.load(
+        LoadRequest(path=artefact, manifest=manifest, device=runner.device, threads=threads, params=params)
+    )
+    load_ms = (time.perf_counter() - t_load) * 1e3
+    check_inputs(session.input_names, manifest, tokenizer.model_input_names)
+    return Opened(session=session, tokenizer=tokenizer, names=list(session.input_names), load_ms=load_ms)
+
+
+def build_summary(manifest: Manifest) -> BuildSummary:
+    return BuildSummary(
+        builder=manifest.builder,
+        params=manifest.params,
+        build_seconds=manifest.build_seconds,
+        steps=manifest.steps,
+        metrics=manifest.metrics,
+    )
 
 
 def threads_for(spec: MeasureSpec, runner_params: dict[str, Any]) -> int:
@@ -209,13 +254,8 @@ class RunJob:
     def _measure(
         self, cells: list[CellPlan], manifest: Manifest, reference: Manifest, info: RunnerInfo
     ) -> list[Result]:
-        from transformers import AutoTokenizer
-
         measure = self.profile.measure
         artefact = self.store.path(self.key)
-        params = parse_params(
-            info.params, dict(self.runner.params), f"{self.matrix.path}: runners.{self.runner.name}.params"
-        )
         data: LabelledData = load_dataset(self.matrix.dataset_for(self.model), base_dir=self.matrix.path.parent)
         labels = [reference.id2label[str(i)] for i in range(len(reference.id2label))]
         test = list(data.split("test"))
@@ -226,18 +266,8 @@ class RunJob:
         ref_logits = np.load(ref_dir / "eval" / "test_logits.npy", allow_pickle=False)[: len(test)]
         ref_canary = np.load(ref_dir / "eval" / "canary_logits.npy", allow_pickle=False)
 
-        check_labels(manifest, reference)
-        tokenizer = AutoTokenizer.from_pretrained(str(artefact / (manifest.tokenizer or "tokenizer")))
-
-        t_load = time.perf_counter()
-        session: Session = info.load(
-            LoadRequest(
-                path=artefact, manifest=manifest, device=self.runner.device, threads=self.threads, params=params
-            )
-        )
-        load_ms = (time.perf_counter() - t_load) * 1e3
-        check_inputs(session.input_names, manifest, tokenizer.model_input_names)
-        names = list(session.input_names)
+        opened = open_artefact(self.matrix, self.runner, info, artefact, manifest, reference, self.threads)
+        session, tokenizer, names, load_ms = opened.session, opened.tokenizer, opened.names, opened.load_ms
         canary_texts = [c.text for c in data.canary]
 
         t_first = time.perf_counter()
@@ -286,6 +316,11 @@ class RunJob:
                     for i, c in enumerate(data.canary)
                 ],
             }
+            if measure.robustness_levels:
+                scored["robustness"] = self._robustness(
+                    lambda t: predict_all(session.predict, tokenizer, t, names, self.model.max_length),
+                    texts, y, labels, logits, ref_logits, reference,
+                )  # fmt: skip
         arch = reference.extra.get("arch")
         # The roof is a CPU GEMM (torch.mm / MatMulInteger): it says nothing about a GPU cell.
         peak = _machine_peak(self.store.root, manifest.precision) if self.runner.device == "cpu" else None
@@ -319,6 +354,7 @@ class RunJob:
                 achieved_ops_per_s=achieved,
                 peak_ops_per_s=peak,
                 runner_options={**session.options(), "threads": self.threads},
+                build=build_summary(manifest),
                 device_timing=device_timing,
                 random_init=manifest.random_init,
                 extra={
@@ -336,6 +372,40 @@ class RunJob:
                 f"p50 {lat.p50:.2f} ms, verdict {r.verdict}"
             )
         return results
+
+    def _robustness(
+        self,
+        logits_of: Callable[[Any], np.ndarray],
+        texts: list[str],
+        y: list[int],
+        labels: list[str],
+        clean: np.ndarray,
+        ref_clean: np.ndarray,
+        reference: Manifest,
+    ) -> Any:
+        from runners import robustness
+
+        measure = self.profile.measure
+        self.log(f"[typos ] {self.variant} on {self.runner.name}: rates {list(measure.robustness_levels)}")
+        loaded: list[Callable[[Any], np.ndarray]] = []
+
+        def reference_of(p: Any) -> np.ndarray:
+            if p.rate == 0:
+                return ref_clean
+
+            # The FP32 reference on the same perturbed texts: cached per reference, loaded once per job.
+            def compute() -> Callable[[Any], np.ndarray]:
+                if not loaded:
+                    loaded.append(
+                        robustness.eager_reference(self.store.root, reference, self.threads, self.model.max_length)
+                    )
+                return loaded[0]
+
+            return robustness.reference_logits(self.store.root, self.ref_key, p.texts, compute)
+
+        return robustness.measure(
+            logits_of, texts, y, labels, clean, measure.robustness_levels, measure.robustness_seed, reference_of
+        )
 
 
 def _device_timing(session: Session, lat: Latency) -> DeviceTiming | None:
