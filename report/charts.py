@@ -155,3 +155,49 @@ def robustness(data: pd.DataFrame, title: str) -> Spec:
         .properties(title=title, width=520, height=300)
         .to_dict(validate=False)
     )
+
+
+def sensitivity(rows: pd.DataFrame, title: str) -> Spec:
+    """Per unit (ranked, most sensitive on top): macro-F1 drop, agreement drop and mean KL vs FP32, side by side."""
+    order = list(rows.sort_values("rank")["unit"])
+    metrics = {"f1_drop": "macro-F1 drop", "agreement_drop": "agreement drop", "mean_kl": "mean KL"}
+    long = rows.melt(id_vars=["rank", "unit", "nodes"], value_vars=list(metrics), var_name="metric")
+    long["metric"] = long["metric"].map(metrics)
+    return (
+        alt.Chart(long)
+        .mark_bar()
+        .encode(
+            x=alt.X("value:Q", title=None),
+            y=alt.Y("unit:N", sort=order, title=None, axis=alt.Axis(labelLimit=360)),
+            color=alt.Color("metric:N", legend=None),
+            tooltip=["rank", "unit", "nodes", "metric", alt.Tooltip("value:Q", format=".3g")],
+        )
+        .properties(width=200, height=alt.Step(14))
+        .facet(column=alt.Column("metric:N", title=None, sort=list(metrics.values())))
+        .resolve_scale(x="independent")
+        .properties(title=title)
+        .to_dict(validate=False)
+    )
+
+
+def mixed_search(trials: pd.DataFrame, target: float, title: str) -> Spec:
+    """Macro-F1 / FP32 of every candidate k (layers kept FP32) against the target ratio (the rule)."""
+    data = trials[["k", "f1_ratio", "agreement", "mean_kl", "quantized_nodes", "outcome"]]
+    tooltip = ["k", alt.Tooltip("f1_ratio:Q", format=".4f"), alt.Tooltip("agreement:Q", format=".4f"),
+               alt.Tooltip("mean_kl:Q", format=".3g"), "quantized_nodes", "outcome"]  # fmt: skip
+    points = (
+        alt.Chart(data)
+        .mark_line(color="#9aa3ad")
+        .encode(
+            x=alt.X("k:O", title="most sensitive units kept FP32 (k)"),
+            y=alt.Y("f1_ratio:Q", scale=alt.Scale(zero=False), title="macro-F1 / FP32"),
+            tooltip=tooltip,
+        )
+    )
+    colored = points.mark_point(size=80, filled=True).encode(
+        color=alt.Color("outcome:N", scale=alt.Scale(domain=["pass", "below target"], range=["#2e7d32", "#c62828"]))
+    )
+    rule = (
+        alt.Chart(pd.DataFrame({"target": [target]})).mark_rule(strokeDash=[6, 3], color="#b3261e").encode(y="target:Q")
+    )
+    return (points + colored + rule).properties(title=title, width=420, height=220).to_dict(validate=False)

@@ -280,8 +280,28 @@ def generation(ctx: Context) -> dict[str, Any] | None:
 
 @page("analyses", "Analyses")
 def analyses(ctx: Context) -> dict[str, Any] | None:
-    """Sections for the analyses found in the results: robustness under typos, PTQ vs QAT."""
+    """Sections for the analyses found in the results: layer sensitivity, mixed precision, robustness, PTQ vs QAT."""
     from report import analyses as an
+    from report import sensitivity as sens
+
+    scans = []
+    links = [(record, ctx.loaded.analysis_links.get(path, "")) for record, path in ctx.loaded.analyses]
+    for sec in sens.sensitivity(links):
+        chart = None
+        if sec["rows"]:
+            title = f"{sec['name']}: {sec['model']} on {sec['machine']}, sensitivity vs FP32"
+            chart = ctx.chart("sensitivity", charts.sensitivity(pd.DataFrame(sec["rows"]), title), sec["machine"],
+                              fallback=f"sensitivity-{sec['name']}-{sec['machine']}")  # fmt: skip
+        scans.append(sec | {"chart": chart})
+    mixed = []
+    for m in sens.mixed_precision(ctx.loaded):
+        title = f"{m['variant']} on {m['machine']}: search over k"
+        chart = (
+            ctx.chart("mixed", charts.mixed_search(pd.DataFrame(m["trials"]), m["s"].min_f1_ratio, title), m["machine"])
+            if m["trials"]
+            else None
+        )
+        mixed.append(m | {"chart": chart, "raw": ctx.link(m["index"])})
 
     robust = []
     for sec in an.robustness(ctx.loaded):
@@ -295,9 +315,9 @@ def analyses(ctx: Context) -> dict[str, Any] | None:
     comparisons = []
     for c in an.ptq_vs_qat(ctx.loaded):
         comparisons.append(c.__dict__ | {"rows": [row | {"raw": ctx.link(row["index"])} for row in c.rows]})
-    if not robust and not comparisons:
+    if not robust and not comparisons and not scans and not mixed:
         return None
-    return {"robustness": robust, "ptq_vs_qat": comparisons}
+    return {"robustness": robust, "ptq_vs_qat": comparisons, "sensitivity": scans, "mixed_precision": mixed}
 
 
 @page("machines", "Machines")

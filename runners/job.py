@@ -31,6 +31,7 @@ from quantmatrix.records import (
     DeviceTiming,
     Latency,
     Manifest,
+    MixedPrecisionSearch,
     Result,
     read_record,
     write_record,
@@ -53,7 +54,18 @@ GUARD_SAMPLE = 64
 
 
 def process_start_time() -> float:
-    """Wall-clock time this process started (for cold start: process start -> first prediction)."""
+    """Wall-clock time this process started (for cold start: process start -> first prediction).
+
+    To the kernel's clock tick (10 ms): the start tick from /proc/self/stat against CLOCK_BOOTTIME read
+    now. psutil's create_time adds that tick to /proc/stat's whole-second boot time instead, which can
+    put a process start up to a second early or late (launch overheads came out negative).
+    """
+    try:
+        fields = Path("/proc/self/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, in ticks since boot
+        return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - started)
+    except (OSError, ValueError, IndexError, AttributeError):  # not Linux
+        pass
     try:
         import psutil
 
@@ -108,6 +120,12 @@ def open_artefact(
     load_ms = (time.perf_counter() - t_load) * 1e3
     check_inputs(session.input_names, manifest, tokenizer.model_input_names)
     return Opened(session=session, tokenizer=tokenizer, names=list(session.input_names), load_ms=load_ms)
+
+
+def mixed_precision_of(manifest: Manifest) -> MixedPrecisionSearch | None:
+    """A mixed-precision artefact's layer search (ranking, trials, choice), for the report."""
+    search = manifest.extra.get("search")
+    return MixedPrecisionSearch.model_validate(search) if search is not None else None
 
 
 def build_summary(manifest: Manifest) -> BuildSummary:
@@ -355,6 +373,7 @@ class RunJob:
                 peak_ops_per_s=peak,
                 runner_options={**session.options(), "threads": self.threads},
                 build=build_summary(manifest),
+                mixed_precision=mixed_precision_of(manifest),
                 device_timing=device_timing,
                 random_init=manifest.random_init,
                 extra={
