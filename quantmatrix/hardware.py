@@ -12,6 +12,7 @@ import platform
 import shutil
 import socket
 import subprocess
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Literal
@@ -271,3 +272,22 @@ def cpu_busy_seconds() -> float | None:
     ticks = [int(v) for v in fields[1:]]
     busy = sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)
     return busy / os.sysconf("SC_CLK_TCK")
+
+
+def speed_probe_ms(repeats: int = 3) -> float:
+    """Milliseconds for a fixed single-thread workload (interpreter loop + small float32 matmuls), best of
+    `repeats`: a yardstick of how fast this machine runs right now, to tell a VM's drift from a variant's."""
+    import numpy as np
+
+    a = np.linspace(0.0, 1.0, 64 * 64, dtype=np.float32).reshape(64, 64)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter_ns()
+        acc = 0
+        for i in range(60_000):
+            acc += i & 7
+        b = a
+        for _ in range(200):
+            b = (b @ a) * np.float32(0.01)
+        best = min(best, (time.perf_counter_ns() - t0) / 1e6)
+    return round(best, 4)

@@ -119,6 +119,11 @@ class Latency(Record):
         description="CPU time other processes used while these samples were taken, in cores (from /proc/stat): "
         "near 0 on a quiet machine; a large value means the samples compete with other work",
     )
+    probe_ms: float | None = Field(
+        None,
+        description="the machine's own speed just before timing: the best of 3 runs of a fixed single-thread "
+        "workload (lower is faster); it moves when a VM's host slows it down, which no process list shows",
+    )
 
 
 class DeviceTiming(Record):

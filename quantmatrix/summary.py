@@ -19,6 +19,9 @@ from quantmatrix.records import Result, read_record
 REFERENCE = "reference"
 # Other processes' CPU use during timing above which a cell's latency is flagged as disturbed.
 BUSY_CORES = 0.25
+# Round-to-round p50 spread worth explaining, and a speed-probe spread that explains it.
+SPREAD_LIMIT = 1.15
+PROBE_DRIFT = 1.10
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class CellSummary:
     threads: int | None = None
     random_init: bool = False
     background_cores: float | None = None  # the most CPU other processes took while any round was timed
+    probe_spread: float | None = None  # max/min over rounds of the machine's speed probe before timing
     run_id: str = ""
     members: tuple[int, ...] = ()  # indices into summarise()'s input: every round of this cell, for provenance
 
@@ -87,6 +91,11 @@ def _is_eager_reference(r: Result) -> bool:
 def _median(values: Iterable[float | int | None]) -> float | None:
     present = [v for v in values if v is not None]
     return statistics.median(present) if present else None
+
+
+def _spread(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v]
+    return max(present) / min(present) if len(present) > 1 else None
 
 
 def summarise(results: list[Result]) -> list[CellSummary]:
@@ -177,6 +186,7 @@ def summarise(results: list[Result]) -> list[CellSummary]:
                     (r.latency.background_cores for r in ok if r.latency and r.latency.background_cores is not None),
                     default=None,
                 ),
+                probe_spread=_spread([r.latency.probe_ms for r in ok if r.latency]),
                 run_id=run,
                 members=tuple(members[ident]),
             )
@@ -218,6 +228,13 @@ def render_text(rows: list[CellSummary]) -> str:
             f"warning: {len(busy)} of {len(rows)} cells were timed while other processes used >= {BUSY_CORES} "
             f"cores (worst: {worst.variant} on {worst.runner}, {worst.background_cores:.2f} cores); their "
             "latencies compete with that work: rerun them on a quiet machine"
+        )
+    drifted = [r for r in rows if (r.spread or 0) >= SPREAD_LIMIT and (r.probe_spread or 0) >= PROBE_DRIFT]
+    if drifted:
+        lines.append(
+            f"note: {len(drifted)} cells' rounds differ by >= {SPREAD_LIMIT:.2f}x while the machine's own speed "
+            f"probe moved by up to {max(r.probe_spread or 0 for r in drifted):.2f}x between them: the machine "
+            "changed speed (a VM's host), so compare variants within a round, not rounds with each other"
         )
     return "\n".join(lines)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quantmatrix.hardware import cpu_busy_seconds
+from quantmatrix.hardware import cpu_busy_seconds, speed_probe_ms
 from quantmatrix.metrics import percentile_summary
 from quantmatrix.records import Agreement, Latency, Quality
 from quantmatrix.spec import MeasureSpec, Thresholds
@@ -92,6 +92,7 @@ def time_predict(
     `on_start` is called just before the first timed call.
     """
     batches = inputs.batches
+    probe = speed_probe_ms()
     for i in range(spec.warmup):
         predict(batches[i % len(batches)])
     samples: list[float] = []
@@ -120,7 +121,8 @@ def time_predict(
     wall = (time.perf_counter_ns() - start) / 1e9
     busy1, own1 = cpu_busy_seconds(), _own_cpu_seconds()
     background = None
-    if busy0 is not None and busy1 is not None and wall > 0:
+    # /proc/stat counts in 10 ms ticks: over a shorter loop (the null runner's) the figure is noise.
+    if busy0 is not None and busy1 is not None and wall >= 0.5:
         background = round(max(0.0, (busy1 - busy0) - (own1 - own0)) / wall, 3)
     s = percentile_summary(samples)
     return Latency(
@@ -128,6 +130,7 @@ def time_predict(
         iterations=len(samples),
         warmup=spec.warmup,
         background_cores=background,
+        probe_ms=probe,
         **s,
     )
 

@@ -39,3 +39,21 @@ def test_background_load_during_timing_is_recorded():
         burner.wait()
     assert busy.background_cores is not None
     assert 0.6 <= busy.background_cores <= len(__import__("os").sched_getaffinity(0)) + 0.5
+
+
+def test_process_start_time_falls_between_launch_and_first_output():
+    """Launch overheads are differences of wall clocks: a process cannot start before it was launched."""
+    before = time.time()
+    out = subprocess.run(
+        [sys.executable, "-c", "import time; from runners.job import process_start_time as p; print(p(), time.time())"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    started, printed = float(out[0]), float(out[1])
+    assert before - 0.02 <= started <= printed  # 0.02: one 10 ms clock tick either side
+
+
+def test_every_cell_records_the_machine_speed_probe():
+    """Best of three runs of a fixed workload: preemption by local processes (counted by background_cores)
+    is filtered out, so what moves it is the machine itself running slower."""
+    lat = time_predict(lambda b: None, INPUTS, MeasureSpec(warmup=0, min_iterations=3))
+    assert lat.probe_ms is not None and 0.1 < lat.probe_ms < 1000
