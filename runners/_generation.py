@@ -1,7 +1,7 @@
 """Generation cells of a run job: greedy decoding timed per token, with and without the KV cache.
 
-For each batch size: an untimed warm-up pass over the fixed prompts, then `generation_rounds` timed
-passes, each generating `new_tokens` for every prompt (batch 1: one prompt at a time). Prefill is
+For each batch size and cache mode: `generation_warmup` untimed generations, then `generation_rounds`
+timed passes, each generating `new_tokens` for every prompt (batch 1: one prompt at a time). Prefill is
 the first step (prompt -> first token), decode every later step; raw samples are kept. Checked per
 cell: tokens with the cache equal tokens without it (same artefact, same batch size); against the
 FP32 reference: greedy token agreement and teacher-forced next-token top-1 and KL.
@@ -20,7 +20,7 @@ import numpy as np
 
 from quantmatrix.causal_lm import Stepper, greedy, kl_next_token, teacher_forced
 from quantmatrix.errors import QuantmatrixError
-from quantmatrix.hardware import launched_at
+from quantmatrix.hardware import cpu_busy_seconds, launched_at
 from quantmatrix.metrics import percentile_summary
 from quantmatrix.plan import REFERENCE
 from quantmatrix.records import ColdStart, Generation, GenerationAgreement, Latency, Manifest, Result, write_record
@@ -28,6 +28,7 @@ from quantmatrix.spec import parse_params
 from runners import LoadRequest, RunnerInfo
 from runners._causal import load_causal
 from runners.guard import GuardFailure
+from runners.measure import _own_cpu_seconds
 
 if TYPE_CHECKING:
     from runners.job import CellPlan, RunJob
@@ -38,9 +39,13 @@ if TYPE_CHECKING:
 MIN_TOP1 = 0.5
 
 
-def _latency(samples: list[float], warmup: int) -> Latency:
+def _latency(samples: list[float], warmup: int, background: float | None) -> Latency:
     return Latency(
-        samples=[round(x, 5) for x in samples], iterations=len(samples), warmup=warmup, **percentile_summary(samples)
+        samples=[round(x, 5) for x in samples],
+        iterations=len(samples),
+        warmup=warmup,
+        background_cores=background,
+        **percentile_summary(samples),
     )
 
 
@@ -54,8 +59,7 @@ def time_generation(
         )
     groups = [prompts[i : i + batch] for i in range(0, len(prompts) - batch + 1, batch)]
     for _ in range(warmup):
-        for g in groups:
-            greedy(stepper, g, new_tokens, use_cache)
+        greedy(stepper, groups[0], new_tokens, use_cache)
     prefill: list[float] = []
     decode: list[float] = []
     per_generation: list[float] = []
@@ -64,6 +68,7 @@ def time_generation(
     gc_was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()
+    busy0, own0, start = cpu_busy_seconds(), _own_cpu_seconds(), time.perf_counter()
     try:
         for _ in range(rounds):
             total = 0.0
@@ -81,10 +86,15 @@ def time_generation(
     finally:
         if gc_was_enabled:
             gc.enable()
+    # Other processes' CPU use while timing, in cores (as for classifier cells): the samples' context.
+    wall, busy1, own1 = time.perf_counter() - start, cpu_busy_seconds(), _own_cpu_seconds()
+    background = None
+    if busy0 is not None and busy1 is not None and wall > 0:
+        background = round(max(0.0, (busy1 - busy0) - (own1 - own0)) / wall, 3)
     generated = len(groups) * batch * new_tokens
     return {
-        "prefill": _latency(prefill, warmup),
-        "decode": _latency(decode, warmup),
+        "prefill": _latency(prefill, warmup, background),
+        "decode": _latency(decode, warmup, background),
         "tokens_per_s": statistics.median(generated / s for s in round_seconds),
         "generation_ms": statistics.median(per_generation),
         "tokens": tokens[0],
