@@ -19,9 +19,8 @@ from quantmatrix.records import Result, read_record
 REFERENCE = "reference"
 # Other processes' CPU use during timing above which a cell's latency is flagged as disturbed.
 BUSY_CORES = 0.25
-# Round-to-round p50 spread worth explaining, and a speed-probe spread that explains it.
+# Round-to-round p50 spread worth a note.
 SPREAD_LIMIT = 1.15
-PROBE_DRIFT = 1.10
 
 
 @dataclass(frozen=True)
@@ -229,12 +228,16 @@ def render_text(rows: list[CellSummary]) -> str:
             f"cores (worst: {worst.variant} on {worst.runner}, {worst.background_cores:.2f} cores); their "
             "latencies compete with that work: rerun them on a quiet machine"
         )
-    drifted = [r for r in rows if (r.spread or 0) >= SPREAD_LIMIT and (r.probe_spread or 0) >= PROBE_DRIFT]
-    if drifted:
+    spread = [r for r in rows if (r.spread or 0) >= SPREAD_LIMIT]
+    if spread:
+        # Facts only: which of the two explanations the records can check was present (a busy machine,
+        # a machine running slower); where neither was, the variance is the backend's own, run to run.
+        probe = max((r.probe_spread or 1.0) for r in spread)
+        busy = max((r.background_cores or 0.0) for r in spread)
         lines.append(
-            f"note: {len(drifted)} cells' rounds differ by >= {SPREAD_LIMIT:.2f}x while the machine's own speed "
-            f"probe moved by up to {max(r.probe_spread or 0 for r in drifted):.2f}x between them: the machine "
-            "changed speed (a VM's host), so compare variants within a round, not rounds with each other"
+            f"note: {len(spread)} cells' rounds differ by >= {SPREAD_LIMIT:.2f}x (p50 is their median); across "
+            f"those rounds the speed probe moved by up to {probe:.2f}x and other processes took up to {busy:.2f} "
+            "cores"
         )
     return "\n".join(lines)
 
