@@ -291,3 +291,20 @@ def speed_probe_ms(repeats: int = 3) -> float:
             b = (b @ a) * np.float32(0.01)
         best = min(best, (time.perf_counter_ns() - t0) / 1e6)
     return round(best, 4)
+
+
+def speed_probe_per_cpu_ms() -> list[float]:
+    """`speed_probe_ms` on each CPU this process may use, in CPU order (this thread pinned to each in turn).
+
+    A multi-threaded backend waits at every barrier for its slowest core; a VM whose vCPUs run at
+    different speeds shows here as one slow entry, which a single-core probe can miss.
+    """
+    saved = os.sched_getaffinity(0)
+    out = []
+    try:
+        for cpu in sorted(saved):
+            os.sched_setaffinity(0, {cpu})
+            out.append(speed_probe_ms())
+    finally:
+        os.sched_setaffinity(0, saved)
+    return out

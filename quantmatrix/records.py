@@ -121,9 +121,10 @@ class Latency(Record):
     )
     probe_ms: float | None = Field(
         None,
-        description="the machine's own speed just before timing: the best of 3 runs of a fixed single-thread "
-        "workload (lower is faster); it moves when a VM's host slows it down, which no process list shows",
+        description="the machine's own speed around the timed loop: ms of a fixed single-thread workload (best "
+        "of 3) on its slowest CPU, before or after (lower is faster); a VM's host can slow a vCPU unseen by the guest",
     )
+    probe_cpus_ms: list[float] | None = Field(None, description="the same probe on each usable CPU, in CPU order")
 
 
 class DeviceTiming(Record):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quantmatrix.hardware import cpu_busy_seconds, speed_probe_ms
+from quantmatrix.hardware import cpu_busy_seconds, speed_probe_per_cpu_ms
 from quantmatrix.metrics import percentile_summary
 from quantmatrix.records import Agreement, Latency, Quality
 from quantmatrix.spec import MeasureSpec, Thresholds
@@ -92,7 +92,7 @@ def time_predict(
     `on_start` is called just before the first timed call.
     """
     batches = inputs.batches
-    probe = speed_probe_ms()
+    probe_before = speed_probe_per_cpu_ms()
     for i in range(spec.warmup):
         predict(batches[i % len(batches)])
     samples: list[float] = []
@@ -120,6 +120,8 @@ def time_predict(
             gc.enable()
     wall = (time.perf_counter_ns() - start) / 1e9
     busy1, own1 = cpu_busy_seconds(), _own_cpu_seconds()
+    # Per CPU, the slower of before and after: the timed loop ran between them.
+    probe = [max(a, b) for a, b in zip(probe_before, speed_probe_per_cpu_ms(), strict=True)]
     background = None
     # /proc/stat counts in 10 ms ticks: over a shorter loop (the null runner's) the figure is noise.
     if busy0 is not None and busy1 is not None and wall >= 0.5:
@@ -130,7 +132,8 @@ def time_predict(
         iterations=len(samples),
         warmup=spec.warmup,
         background_cores=background,
-        probe_ms=probe,
+        probe_ms=max(probe),
+        probe_cpus_ms=probe,
         **s,
     )
 

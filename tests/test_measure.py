@@ -55,5 +55,12 @@ def test_process_start_time_falls_between_launch_and_first_output():
 def test_every_cell_records_the_machine_speed_probe():
     """Best of three runs of a fixed workload: preemption by local processes (counted by background_cores)
     is filtered out, so what moves it is the machine itself running slower."""
+    import os
+
     lat = time_predict(lambda b: None, INPUTS, MeasureSpec(warmup=0, min_iterations=3))
     assert lat.probe_ms is not None and 0.1 < lat.probe_ms < 1000
+    # One entry per CPU this process may use (the probe pins itself to each), the slowest reported.
+    assert len(lat.probe_cpus_ms) == len(os.sched_getaffinity(0)) and lat.probe_ms == max(lat.probe_cpus_ms)
+    before = os.sched_getaffinity(0)
+    time_predict(lambda b: None, INPUTS, MeasureSpec(warmup=0, min_iterations=1))
+    assert os.sched_getaffinity(0) == before

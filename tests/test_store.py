@@ -91,3 +91,22 @@ def test_manifest_without_files_dir_is_missing(tmp_path):
     (tmp_path / "k2").mkdir()
     with pytest.raises(ArtifactError, match=r"manifest\.json: file not found"):
         Store(tmp_path).load("k2")
+
+
+def test_builder_code_versions_follow_build_code_not_record_types(tmp_path, repo):
+    """Editing a builder's helper module rebuilds its artefacts; an additive change to the record types doesn't."""
+    import shutil
+
+    import quantmatrix.plan
+
+    # conftest caches code versions for the session; this test needs the real, uncached function.
+    _code_version = getattr(quantmatrix.plan._code_version, "__wrapped__", quantmatrix.plan._code_version)
+    for rel in ("builders", "quantmatrix"):
+        shutil.copytree(repo / rel, tmp_path / rel, ignore=shutil.ignore_patterns("__pycache__", "datasets"))
+    before = _code_version("ort-int8-dynamic", tmp_path)
+    with (tmp_path / "quantmatrix" / "records.py").open("a") as f:
+        f.write("\n# a new optional field somewhere\n")
+    assert _code_version("ort-int8-dynamic", tmp_path) == before
+    with (tmp_path / "builders" / "_onnx.py").open("a") as f:
+        f.write("\n# a change to the export helpers\n")
+    assert _code_version("ort-int8-dynamic", tmp_path) != before
