@@ -45,6 +45,24 @@ def reference_eval(ref_path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return load[0], load[1], load[2]
 
 
+def check_torch_lm(stepper: Any, ref_path: Path) -> tuple[dict[str, float], str]:
+    """A quantised PyTorch LM against FP32: greedy tokens with the cache, teacher-forced top-1 and KL.
+
+    Returns the manifest metrics and the build step that states them.
+    """
+    prompts, ref_tokens, ref_logits = reference_eval(ref_path)
+    tokens, _ = greedy(stepper, prompts, ref_tokens.shape[1], use_cache=True)
+    logits = teacher_forced(stepper, prompts, ref_tokens)
+    check = {
+        "check_prompts": float(len(prompts)),
+        "check_token_agreement": round(float((tokens == ref_tokens).mean()), 6),
+        "check_top1": round(float((logits.argmax(-1) == ref_logits.argmax(-1)).mean()), 6),
+        "check_mean_kl": float(kl_next_token(ref_logits, logits).mean()),
+    }
+    step = f"check: greedy token agreement {check['check_token_agreement']:.3f}, mean KL {check['check_mean_kl']:.2e}"
+    return check, step
+
+
 def check_lm(model_path: Path, ref_path: Path) -> dict[str, float]:
     """Greedy tokens (with the cache where the graph has one, and without) and teacher-forced logits vs FP32."""
     prompts, ref_tokens, ref_logits = reference_eval(ref_path)

@@ -33,8 +33,8 @@ def build(ctx: BuildContext, params: TorchInt8BnbLmParams) -> Manifest:
         return ctx.manifest(
             format="torch", precision="int8", params=params, device="cuda", status="skipped", reason=reason
         )
-    from builders._onnx_lm import reference_eval
-    from quantmatrix.causal_lm import TorchLM, greedy, kl_next_token, teacher_forced
+    from builders._onnx_lm import check_torch_lm
+    from quantmatrix.causal_lm import TorchLM
 
     link_tree(ref.path / (ref.manifest.entry or "model"), ctx.out / "model")
     link_tree(ref.path / (ref.manifest.tokenizer or "tokenizer"), ctx.out / "tokenizer")
@@ -43,19 +43,8 @@ def build(ctx: BuildContext, params: TorchInt8BnbLmParams) -> Manifest:
     steps.append(
         f"convert: BitsAndBytesConfig(load_in_8bit, threshold {params.threshold}), {int8_modules(model)} 8-bit"
     )
-    prompts, ref_tokens, ref_logits = reference_eval(ref.path)
-    stepper = TorchLM(model, "cuda")
-    tokens, _ = greedy(stepper, prompts, ref_tokens.shape[1], use_cache=True)
-    logits = teacher_forced(stepper, prompts, ref_tokens)
-    check = {
-        "check_prompts": float(len(prompts)),
-        "check_token_agreement": round(float((tokens == ref_tokens).mean()), 6),
-        "check_top1": round(float((logits.argmax(-1) == ref_logits.argmax(-1)).mean()), 6),
-        "check_mean_kl": float(kl_next_token(ref_logits, logits).mean()),
-    }
-    steps.append(
-        f"check: greedy token agreement {check['check_token_agreement']:.3f}, mean KL {check['check_mean_kl']:.2e}"
-    )
+    check, step = check_torch_lm(TorchLM(model, "cuda"), ref.path)
+    steps.append(step)
     return ctx.manifest(
         format="torch",
         precision="int8",

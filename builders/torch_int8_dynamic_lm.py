@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from builders import BuildContext, builder, link_tree
-from builders._onnx_lm import reference_eval
-from quantmatrix.causal_lm import TorchLM, greedy, kl_next_token, load_lm_with_facts, teacher_forced
+from builders._onnx_lm import check_torch_lm
+from quantmatrix.causal_lm import TorchLM, load_lm_with_facts
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.records import Manifest
 from quantmatrix.torch_recipes import TORCH_AO_DEPRECATION
@@ -37,19 +37,8 @@ def build(ctx: BuildContext, params: TorchInt8DynamicLmParams) -> Manifest:
         f"prepare+convert: {facts['conv1d_converted']} Conv1D -> nn.Linear, torch.ao.quantization.quantize_dynamic"
         f"({{nn.Linear}}, qint8) on {facts['quantized_linear']} Linear modules"
     )
-    prompts, ref_tokens, ref_logits = reference_eval(ref.path)
-    stepper = TorchLM(model)
-    tokens, _ = greedy(stepper, prompts, ref_tokens.shape[1], use_cache=True)
-    logits = teacher_forced(stepper, prompts, ref_tokens)
-    check = {
-        "check_prompts": float(len(prompts)),
-        "check_token_agreement": round(float((tokens == ref_tokens).mean()), 6),
-        "check_top1": round(float((logits.argmax(-1) == ref_logits.argmax(-1)).mean()), 6),
-        "check_mean_kl": float(kl_next_token(ref_logits, logits).mean()),
-    }
-    steps.append(
-        f"check: greedy token agreement {check['check_token_agreement']:.3f}, mean KL {check['check_mean_kl']:.2e}"
-    )
+    check, step = check_torch_lm(TorchLM(model), ref.path)
+    steps.append(step)
     return ctx.manifest(
         format="torch",
         precision="int8",
