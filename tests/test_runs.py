@@ -216,11 +216,12 @@ def test_summary_groups_rounds_and_reports_speedup(work, monkeypatch):
     else:
         assert lines == []
     # A cell timed beside other work is named in a warning, with how much of the machine that work took.
-    assert all(r.latency.background_cores is not None for r in results if r.latency)
+    # (Measured only over loops of 0.5 s or more: /proc/stat counts 10 ms ticks.)
+    assert all(r.latency.background_cores is not None for r in results if r.latency and sum(r.latency.samples) >= 500)
     for r in results:
         if r.latency:
             r.latency.background_cores = 1.5 if r.cell.variant == "ort-int8-dynamic" else 0.0
-    warning = render_text(summarise(results)).splitlines()[-1]
+    [warning] = [line for line in render_text(summarise(results)).splitlines() if line.startswith("warning:")]
     assert warning.startswith("warning: 4 of 12 cells") and "ort-int8-dynamic on ort-cpu, 1.50 cores" in warning
     cold = next(r for r in results if r.cell.variant == "ort-int8-dynamic").cold_start
     assert cold.launch_ms == pytest.approx(250, abs=1) and cold.launch_to_timed_ms > cold.launch_ms
