@@ -233,10 +233,10 @@ def render_text(rows: list[CellSummary]) -> str:
         # Facts only: which of the two explanations the records can check was present (a busy machine,
         # a machine running slower); where neither was, the variance is the backend's own, run to run.
         probe = max((r.probe_spread or 1.0) for r in spread)
-        busy = max((r.background_cores or 0.0) for r in spread)
+        busiest = max((r.background_cores or 0.0) for r in spread)
         lines.append(
             f"note: {len(spread)} cells' rounds differ by >= {SPREAD_LIMIT:.2f}x (p50 is their median); across "
-            f"those rounds the speed probe moved by up to {probe:.2f}x and other processes took up to {busy:.2f} "
+            f"those rounds the speed probe moved by up to {probe:.2f}x and other processes took up to {busiest:.2f} "
             "cores"
         )
     return "\n".join(lines)
