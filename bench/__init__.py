@@ -199,12 +199,15 @@ def analysis_jobs(
 
 
 class Launcher:
-    """Runs one job's argv in isolation; returns (exit code, combined output)."""
+    """Runs one job's argv in isolation; returns (exit code, combined output).
+
+    This one runs it as a subprocess of this interpreter: `--runtime venv` (nox's venv) or `local`.
+    """
 
     name = "local"
 
     def describe(self) -> str:
-        return self.name
+        return f"{self.name} ({sys.prefix})"
 
     def launch(self, job: Job, timeout: float) -> tuple[int, str]:
         env = {**os.environ, LAUNCHED_AT_ENV: repr(time.time())}

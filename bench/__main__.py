@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         run_id = args.run_id or f"{args.profile}-{args.device}-{fp.machine_id}"
         matrix_arg, artifacts_arg, results_arg = str(args.matrix), str(args.artifacts), str(args.results)
         launcher: Launcher = Launcher()
+        launcher.name = args.runtime
         if args.runtime == "docker":
             from bench.docker import (
                 DockerLauncher,

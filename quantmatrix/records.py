@@ -125,6 +125,12 @@ class Latency(Record):
         "of 3) on its slowest CPU, before or after (lower is faster); a VM's host can slow a vCPU unseen by the guest",
     )
     probe_cpus_ms: list[float] | None = Field(None, description="the same probe on each usable CPU, in CPU order")
+    bandwidth_gbs: list[float] | None = Field(
+        None,
+        description="single-thread memory copy bandwidth in GB/s just before and just after the timed loop "
+        "(64 MiB, far past the caches): a VM shares this path with the host's other tenants, and a batch-1 "
+        "forward pass streams its weights over it",
+    )
 
 
 class DeviceTiming(Record):

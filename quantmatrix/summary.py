@@ -57,6 +57,7 @@ class CellSummary:
     random_init: bool = False
     background_cores: float | None = None  # the most CPU other processes took while any round was timed
     probe_spread: float | None = None  # max/min over rounds of the machine's speed probe before timing
+    bandwidth_spread: float | None = None  # max/min of the memory bandwidth probes around every round's loop
     run_id: str = ""
     members: tuple[int, ...] = ()  # indices into summarise()'s input: every round of this cell, for provenance
 
@@ -186,6 +187,7 @@ def summarise(results: list[Result]) -> list[CellSummary]:
                     default=None,
                 ),
                 probe_spread=_spread([r.latency.probe_ms for r in ok if r.latency]),
+                bandwidth_spread=_spread([b for r in ok if r.latency for b in r.latency.bandwidth_gbs or ()]),
                 run_id=run,
                 members=tuple(members[ident]),
             )
@@ -234,10 +236,12 @@ def render_text(rows: list[CellSummary]) -> str:
         # a machine running slower); where neither was, the variance is the backend's own, run to run.
         probe = max((r.probe_spread or 1.0) for r in spread)
         busiest = max((r.background_cores or 0.0) for r in spread)
+        measured = [r.bandwidth_spread for r in spread if r.bandwidth_spread]
+        memory = f", memory bandwidth by up to {max(measured):.2f}x" if measured else ""
         lines.append(
             f"note: {len(spread)} cells' rounds differ by >= {SPREAD_LIMIT:.2f}x (p50 is their median); across "
-            f"those rounds the speed probe moved by up to {probe:.2f}x and other processes took up to {busiest:.2f} "
-            "cores"
+            f"those rounds the speed probe moved by up to {probe:.2f}x{memory} and other processes took up to "
+            f"{busiest:.2f} cores"
         )
     return "\n".join(lines)
 
@@ -284,8 +288,10 @@ def launch_overheads(results: list[Result]) -> list[str]:
     for runtime, per_job in sorted(jobs.items()):
         start = _median(v[0] for v in per_job.values())
         timed = _median(v[1] for v in per_job.values())
+        # The process start is known to the kernel's 10 ms tick: a launch quicker than that reads as noise.
+        started = f"{start:.0f} ms" if start is not None and start >= 10 else "under 10 ms (the clock's tick)"
         lines.append(
-            f"job start on {runtime}: launcher -> process {start or 0:.0f} ms, launcher -> first timed call "
+            f"job start on {runtime}: launcher -> process {started}, launcher -> first timed call "
             f"{timed or 0:.0f} ms (medians over {len(per_job)} run jobs; the latter includes load and scoring)"
         )
     return lines

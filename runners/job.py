@@ -58,11 +58,13 @@ def process_start_time() -> float:
 
     To the kernel's clock tick (10 ms): the start tick from /proc/self/stat against CLOCK_BOOTTIME read
     now. psutil's create_time adds that tick to /proc/stat's whole-second boot time instead, which can
-    put a process start up to a second early or late (launch overheads came out negative).
+    put a process start up to a second early or late (launch overheads came out negative). The tick
+    count is rounded down, so the middle of that tick is the estimate (within half a tick either way).
     """
     try:
         fields = Path("/proc/self/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
-        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, in ticks since boot
+        tick = os.sysconf("SC_CLK_TCK")
+        started = (int(fields[19]) + 0.5) / tick  # field 22, starttime, in ticks since boot
         return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - started)
     except (OSError, ValueError, IndexError, AttributeError):  # not Linux
         pass

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quantmatrix.hardware import cpu_busy_seconds, speed_probe_per_cpu_ms
+from quantmatrix.hardware import cpu_busy_seconds, memory_bandwidth_forked_gbs, speed_probe_per_cpu_ms
 from quantmatrix.metrics import percentile_summary
 from quantmatrix.records import Agreement, Latency, Quality
 from quantmatrix.spec import MeasureSpec, Thresholds
@@ -93,6 +93,7 @@ def time_predict(
     """
     batches = inputs.batches
     probe_before = speed_probe_per_cpu_ms()
+    bandwidth_before = memory_bandwidth_forked_gbs()
     for i in range(spec.warmup):
         predict(batches[i % len(batches)])
     samples: list[float] = []
@@ -122,6 +123,7 @@ def time_predict(
     busy1, own1 = cpu_busy_seconds(), _own_cpu_seconds()
     # Per CPU, the slower of before and after: the timed loop ran between them.
     probe = [max(a, b) for a, b in zip(probe_before, speed_probe_per_cpu_ms(), strict=True)]
+    bandwidth = [b for b in (bandwidth_before, memory_bandwidth_forked_gbs()) if b is not None]
     background = None
     # /proc/stat counts in 10 ms ticks: over a shorter loop (the null runner's) the figure is noise.
     if busy0 is not None and busy1 is not None and wall >= 0.5:
@@ -134,6 +136,7 @@ def time_predict(
         background_cores=background,
         probe_ms=max(probe),
         probe_cpus_ms=probe,
+        bandwidth_gbs=bandwidth if len(bandwidth) == 2 else None,
         **s,
     )
 

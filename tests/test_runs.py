@@ -223,6 +223,14 @@ def test_summary_groups_rounds_and_reports_speedup(work, monkeypatch):
             r.latency.background_cores = 1.5 if r.cell.variant == "ort-int8-dynamic" else 0.0
     [warning] = [line for line in render_text(summarise(results)).splitlines() if line.startswith("warning:")]
     assert warning.startswith("warning: 4 of 12 cells") and "ort-int8-dynamic on ort-cpu, 1.50 cores" in warning
+    # Rounds 2x apart while the memory bandwidth probe moved 2x too: the note says so beside the spread.
+    for r in results:
+        if r.latency:
+            moved = r.cell.variant == "ort-int8-dynamic" and r.cell.repeat == 1
+            r.latency.p50 *= 2 if moved else 1
+            r.latency.bandwidth_gbs = [10.0 if moved else 20.0] * 2
+    [note] = [line for line in render_text(summarise(results)).splitlines() if line.startswith("note:")]
+    assert "memory bandwidth by up to 2.00x" in note
     cold = next(r for r in results if r.cell.variant == "ort-int8-dynamic").cold_start
     assert cold.launch_ms == pytest.approx(250, abs=1) and cold.launch_to_timed_ms > cold.launch_ms
     [line] = launch_overheads(results)
