@@ -3,6 +3,9 @@
 python -m quantmatrix schemas [--check]     write (or check) schemas/*.schema.json
 python -m quantmatrix check [matrix.toml]   validate the matrix and print its profiles
 python -m quantmatrix fingerprint           print this machine's fingerprint as JSON
+python -m quantmatrix compare RESULTS --base RUN --other RUN
+                                            cell by cell, run OTHER's p50 against run BASE's
+                                            (e.g. containers against venvs, or two machines)
 """
 
 from __future__ import annotations
@@ -57,6 +60,16 @@ def check(path: Path) -> int:
     return 0
 
 
+def compare(paths: list[Path], base: str, other: str, tolerance: float) -> int:
+    from quantmatrix.summary import compare_runs, load_results, summarise
+
+    results, errors = load_results(paths)
+    for e in errors:
+        print(f"skipped: {e}", file=sys.stderr)
+    print("\n".join(compare_runs(summarise(results), base, other, tolerance)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m quantmatrix", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -67,12 +80,19 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("check")
     c.add_argument("matrix", nargs="?", type=Path, default=Path("matrix.toml"))
     sub.add_parser("fingerprint")
+    cmp = sub.add_parser("compare")
+    cmp.add_argument("results", nargs="+", type=Path, help="results directories (or files)")
+    cmp.add_argument("--base", required=True, help="run id to compare against")
+    cmp.add_argument("--other", required=True, help="run id compared")
+    cmp.add_argument("--tolerance", type=float, default=0.10, help="ratio counted as equal within this (0.10)")
     args = ap.parse_args(argv)
     try:
         if args.command == "schemas":
             return schemas(args.check)
         if args.command == "check":
             return check(args.matrix)
+        if args.command == "compare":
+            return compare(args.results, args.base, args.other, args.tolerance)
         from quantmatrix.hardware import fingerprint
 
         print(fingerprint().model_dump_json(indent=2))

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantmatrix.errors import RecordError
+from quantmatrix.errors import QuantmatrixError, RecordError
 from quantmatrix.records import Result, read_record
 
 REFERENCE = "reference"
@@ -293,5 +293,44 @@ def launch_overheads(results: list[Result]) -> list[str]:
         lines.append(
             f"job start on {runtime}: launcher -> process {started}, launcher -> first timed call "
             f"{timed or 0:.0f} ms (medians over {len(per_job)} run jobs; the latter includes load and scoring)"
+        )
+    return lines
+
+
+def compare_runs(rows: list[CellSummary], base: str, other: str, tolerance: float = 0.10) -> list[str]:
+    """Cell by cell, the p50 of run `other` against run `base` (e.g. containers against venvs, same threads).
+
+    Each line carries both runs' round-to-round spreads: a ratio inside them is not a difference the
+    runs can resolve. The last line counts the cells within `tolerance` and gives the median ratio.
+    """
+    by_run: dict[str, dict[tuple[object, ...], CellSummary]] = {base: {}, other: {}}
+    for r in rows:
+        if r.run_id in by_run and r.p50_ms:
+            by_run[r.run_id][(r.model, r.variant, r.runner, r.batch_size, r.seq_mode)] = r
+    for run, cells in by_run.items():
+        if not cells:
+            known = sorted({r.run_id for r in rows})
+            raise QuantmatrixError(f"run {run!r} has no measured cells (runs with results: {known})")
+    shared = sorted(set(by_run[base]) & set(by_run[other]), key=str)
+    if not shared:
+        raise QuantmatrixError(f"runs {base!r} and {other!r} measured no cell in common")
+    lines = [f"{'cell':66} {base[:12]:>12} {other[:12]:>12}  ratio  spreads"]
+    ratios = []
+    for key in shared:
+        a, b = by_run[base][key], by_run[other][key]
+        if a.runner.startswith("null"):
+            continue  # microseconds of harness: a ratio of noise
+        if a.threads != b.threads:
+            lines.append(f"{'/'.join(map(str, key)):66} threads differ ({a.threads} vs {b.threads}): not compared")
+            continue
+        ratio = (b.p50_ms or 0.0) / (a.p50_ms or 1.0)
+        ratios.append(ratio)
+        spreads = "/".join("-" if s is None else f"{s:.2f}" for s in (a.spread, b.spread))
+        lines.append(f"{'/'.join(map(str, key)):66} {a.p50_ms:10.2f}ms {b.p50_ms:10.2f}ms {ratio:6.3f} {spreads}")
+    if ratios:
+        within = sum(abs(x - 1) <= tolerance for x in ratios)
+        lines.append(
+            f"{other} / {base}: median p50 ratio {statistics.median(ratios):.3f} over {len(ratios)} cells "
+            f"({min(ratios):.3f}-{max(ratios):.3f}); {within} of {len(ratios)} within {tolerance:.0%}"
         )
     return lines

@@ -16,12 +16,13 @@ import pytest
 import builders
 import runners
 from bench import Job, Launcher, Plan, execute, plan
+from quantmatrix.errors import QuantmatrixError
 from quantmatrix.hardware import LAUNCHED_AT_ENV
 from quantmatrix.plan import build_jobs
 from quantmatrix.records import Manifest, Result, read_record, write_record
 from quantmatrix.spec import load_matrix
 from quantmatrix.store import Store, list_files
-from quantmatrix.summary import headlines, launch_overheads, load_results, render_text, summarise
+from quantmatrix.summary import compare_runs, headlines, launch_overheads, load_results, render_text, summarise
 from runners.job import RunJob, process_start_time
 
 pytestmark = pytest.mark.slow
@@ -235,6 +236,16 @@ def test_summary_groups_rounds_and_reports_speedup(work, monkeypatch):
     assert cold.launch_ms == pytest.approx(250, abs=1) and cold.launch_to_timed_ms > cold.launch_ms
     [line] = launch_overheads(results)
     assert "launcher -> process 250 ms" in line and "over 6 run jobs" in line
+    # Another run of the same cells 1.2x slower (as if in containers): compared cell by cell, null left out.
+    other = [r.model_copy(deep=True, update={"run_id": "r2"}) for r in results]
+    for r in other:
+        if r.latency:
+            r.latency.p50 *= 1.2
+    lines = compare_runs(summarise(results + other), "r", "r2")
+    assert lines[-1].startswith("r2 / r: median p50 ratio 1.200 over 8 cells") and "0 of 8 within 10%" in lines[-1]
+    assert not any("/null/" in line for line in lines)
+    with pytest.raises(QuantmatrixError, match="run 'nope' has no measured cells"):
+        compare_runs(summarise(results), "r", "nope")
 
 
 @pytest.mark.parametrize("variant", ["torch-int8-dynamic", "torch-int8-dynamic-torchao"])
