@@ -3,6 +3,8 @@
 python -m quantmatrix schemas [--check]     write (or check) schemas/*.schema.json
 python -m quantmatrix check [matrix.toml]   validate the matrix and print its profiles
 python -m quantmatrix fingerprint           print this machine's fingerprint as JSON
+python -m quantmatrix noise [--seconds 30]  probe memory bandwidth and CPU speed once a second: is this
+                                            machine steady enough for round-to-round p50s to agree?
 python -m quantmatrix compare RESULTS --base RUN --other RUN
                                             cell by cell, run OTHER's p50 against run BASE's
                                             (e.g. containers against venvs, or two machines)
@@ -60,6 +62,25 @@ def check(path: Path) -> int:
     return 0
 
 
+def noise(seconds: int) -> int:
+    from quantmatrix.hardware import machine_noise
+    from quantmatrix.summary import SPREAD_LIMIT
+
+    if seconds < 2:
+        raise QuantmatrixError(f"--seconds must be at least 2 (got {seconds}): a spread needs two samples")
+    print(f"probing this machine for {seconds} s (memory copy of 64 MiB, single-thread speed probe per CPU)")
+    moved = machine_noise(seconds)
+    worst = max(moved.values())
+    verdict = (
+        "steady" if worst < SPREAD_LIMIT else f"not steady: expect one cell's rounds to differ by up to ~{worst:.2f}x"
+    )
+    print(
+        f"memory bandwidth moved {moved['bandwidth_spread']:.2f}x, the speed probe {moved['probe_spread']:.2f}x: "
+        f"{verdict} (the summary flags rounds {SPREAD_LIMIT:.2f}x apart)"
+    )
+    return 0
+
+
 def compare(paths: list[Path], base: str, other: str, tolerance: float) -> int:
     from quantmatrix.summary import compare_runs, load_results, summarise
 
@@ -80,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("check")
     c.add_argument("matrix", nargs="?", type=Path, default=Path("matrix.toml"))
     sub.add_parser("fingerprint")
+    n = sub.add_parser("noise")
+    n.add_argument("--seconds", type=int, default=30)
     cmp = sub.add_parser("compare")
     cmp.add_argument("results", nargs="+", type=Path, help="results directories (or files)")
     cmp.add_argument("--base", required=True, help="run id to compare against")
@@ -91,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             return schemas(args.check)
         if args.command == "check":
             return check(args.matrix)
+        if args.command == "noise":
+            return noise(args.seconds)
         if args.command == "compare":
             return compare(args.results, args.base, args.other, args.tolerance)
         from quantmatrix.hardware import fingerprint

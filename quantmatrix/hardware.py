@@ -16,6 +16,7 @@ import socket
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Literal
@@ -349,6 +350,26 @@ def memory_bandwidth_forked_gbs(timeout: float = 10.0) -> float | None:
         return float(data)
     except ValueError:
         return None
+
+
+def machine_noise(seconds: int, log: Callable[[str], None] = print) -> dict[str, float]:
+    """Probe this machine once a second for `seconds`: memory bandwidth and the per-CPU speed probe.
+
+    What the timed loops record around themselves, taken back to back with nothing else timed:
+    how far these move over half a minute is about how far one cell's rounds can move on this
+    machine, whatever is being benchmarked. Returns each series' max/min.
+    """
+    bandwidth: list[float] = []
+    probes: list[float] = []
+    for second in range(1, seconds + 1):
+        t_end = time.perf_counter() + 1.0
+        cpus = speed_probe_per_cpu_ms()
+        gbs = memory_bandwidth_gbs(seconds=max(0.05, t_end - time.perf_counter() - 0.05))
+        bandwidth.append(gbs)
+        probes.append(max(cpus))
+        log(f"{second:4d}s  memory {gbs:6.2f} GB/s  speed probe " + " ".join(f"{ms:.2f}" for ms in cpus) + " ms")
+        time.sleep(max(0.0, t_end - time.perf_counter()))
+    return {"bandwidth_spread": max(bandwidth) / min(bandwidth), "probe_spread": max(probes) / min(probes)}
 
 
 def speed_probe_per_cpu_ms() -> list[float]:

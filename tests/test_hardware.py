@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 from quantmatrix.hardware import describe, fingerprint
 
@@ -28,3 +29,17 @@ def test_importing_core_and_noxfile_does_not_import_torch(repo):
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_noise_probe_reports_a_line_a_second_and_how_far_each_series_moved(capsys):
+    from quantmatrix.__main__ import main
+    from quantmatrix.hardware import machine_noise
+
+    lines: list[str] = []
+    t0 = time.perf_counter()
+    moved = machine_noise(2, log=lines.append)
+    assert 1.9 < time.perf_counter() - t0 < 4.0  # about a second per sample
+    assert [ln.split()[0] for ln in lines] == ["1s", "2s"] and all("GB/s" in ln for ln in lines)
+    assert set(moved) == {"bandwidth_spread", "probe_spread"} and all(v >= 1.0 for v in moved.values())
+    assert main(["noise", "--seconds", "1"]) == 2
+    assert "--seconds must be at least 2" in capsys.readouterr().err
