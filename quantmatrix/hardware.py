@@ -322,12 +322,18 @@ def memory_bandwidth_gbs(mib: int = 64, seconds: float = 0.1) -> float:
 def memory_bandwidth_forked_gbs(timeout: float = 10.0) -> float | None:
     """`memory_bandwidth_gbs` in a forked child, so its buffers never count in this process's peak RSS.
 
-    None where there is no fork (not POSIX) or the child gives no answer within `timeout` seconds.
+    None where there is no fork (not POSIX), no child could be made, or it gives no answer within `timeout`
+    seconds.
     """
     if not hasattr(os, "fork"):
         return None
     r, w = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:  # no memory or process slots for a child: the loop is still timed, without this probe
+        os.close(r)
+        os.close(w)
+        return None
     if pid == 0:  # the child: measure, answer, and leave without running the parent's exit handlers
         code = 1
         try:
