@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -125,14 +125,18 @@ def compare(logits: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     }
 
 
-def validation_check(ctx: Any, model_path: Path, tokenizer: Any, examples: int) -> dict[str, float]:
-    """Logits of `model_path` vs the reference artefact's saved test logits on the first test examples."""
+def reference_check(ctx: Any, logits_of: Callable[[list[str]], np.ndarray], examples: int) -> dict[str, float]:
+    """A variant's logits (`logits_of(texts)`) vs the reference artefact's saved test logits, first test examples."""
     ref_logits = np.load(ctx.reference.path / "eval" / "test_logits.npy", allow_pickle=False)
     texts = [e.text for e in ctx.data.split("test")[:examples]]
-    logits = ort_logits(model_path, tokenizer, texts, ctx.model.max_length)
-    return {f"check_{k}": round(v, 6) for k, v in compare(logits, ref_logits[: len(texts)]).items()} | {
+    return {f"check_{k}": round(v, 6) for k, v in compare(logits_of(texts), ref_logits[: len(texts)]).items()} | {
         "check_examples": len(texts)
     }
+
+
+def validation_check(ctx: Any, model_path: Path, tokenizer: Any, examples: int) -> dict[str, float]:
+    """`reference_check` of the ONNX model at `model_path` (ONNX Runtime, CPU)."""
+    return reference_check(ctx, lambda texts: ort_logits(model_path, tokenizer, texts, ctx.model.max_length), examples)
 
 
 def load_tokenizer(path: Path) -> Any:

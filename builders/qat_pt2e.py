@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from builders import BuildContext, builder, link_tree
-from builders._onnx import encode, load_tokenizer
+from builders._onnx import encode, load_tokenizer, reference_check
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.metrics import quality
 from quantmatrix.records import Manifest
@@ -133,16 +133,12 @@ def build(ctx: BuildContext, params: QatPt2eParams) -> Manifest:
                 got.append((out.logits if hasattr(out, "logits") else out[0]).float().numpy())
         return np.concatenate(got)
 
-    texts = [e.text for e in ctx.data.split("test")[: params.check_examples]]
-    logits = logits_of(texts)
-    ref_logits = np.load(ref.path / "eval" / "test_logits.npy", allow_pickle=False)[: len(texts)]
+    check = reference_check(ctx, logits_of, params.check_examples)
     validation = ctx.data.split("validation")
     predicted = logits_of([e.text for e in validation]).argmax(-1)
     f1_int8 = quality([e.label for e in validation], predicted, ctx.data.labels).macro_f1
     manifest.metrics = {
-        "check_examples": len(texts),
-        "check_top1_agreement": round(float((logits.argmax(-1) == ref_logits.argmax(-1)).mean()), 6),
-        "check_max_abs_logit_diff": round(float(np.abs(logits - ref_logits).max()), 6),
+        **check,
         "train_seconds": round(train_seconds, 2),
         "train_examples": len(train),
         "train_steps": step,
@@ -153,7 +149,7 @@ def build(ctx: BuildContext, params: QatPt2eParams) -> Manifest:
     if "validation_macro_f1" in ref.manifest.metrics:
         manifest.metrics["validation_macro_f1_before"] = ref.manifest.metrics["validation_macro_f1"]
     steps.append(
-        f"check: top-1 agreement {manifest.metrics['check_top1_agreement']:.3f} on {len(texts)} test examples, "
+        f"check: top-1 agreement {check['check_top1_agreement']:.3f} on {check['check_examples']} test examples, "
         f"INT8 validation macro-F1 {f1_int8:.4f}"
     )
     manifest.steps = steps

@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
-
 from builders import BuildContext, builder, link_tree
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.records import Manifest
@@ -31,7 +29,7 @@ def build(ctx: BuildContext, params: TorchHalfParams) -> Manifest:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from builders._onnx import load_tokenizer
+    from builders._onnx import load_tokenizer, reference_check
     from builders.reference import predict_logits
 
     ref = ctx.reference
@@ -47,16 +45,11 @@ def build(ctx: BuildContext, params: TorchHalfParams) -> Manifest:
 
     link_tree(ref.path / (ref.manifest.tokenizer or "tokenizer"), ctx.out / "tokenizer")
     tokenizer = load_tokenizer(ctx.out / "tokenizer")
-    texts = [e.text for e in ctx.data.split("test")[: params.check_examples]]
-    logits = predict_logits(model, tokenizer, texts, ctx.model.max_length)
-    ref_logits = np.load(ref.path / "eval" / "test_logits.npy", allow_pickle=False)[: len(texts)]
-    check = {
-        "check_examples": len(texts),
-        "check_top1_agreement": round(float((logits.argmax(-1) == ref_logits.argmax(-1)).mean()), 6),
-        "check_max_abs_logit_diff": round(float(np.abs(logits - ref_logits).max()), 6),
-    }
+    check = reference_check(
+        ctx, lambda texts: predict_logits(model, tokenizer, texts, ctx.model.max_length), params.check_examples
+    )
     steps.append(
-        f"check: {params.dtype} on CPU vs reference on {len(texts)} test examples, top-1 agreement "
+        f"check: {params.dtype} on CPU vs reference on {check['check_examples']} test examples, top-1 agreement "
         f"{check['check_top1_agreement']:.3f}, max |Δlogit| {check['check_max_abs_logit_diff']:.2e}"
     )
     model.save_pretrained(ctx.out / "model")  # safetensors: the default in transformers 4.x and the only format in 5.x

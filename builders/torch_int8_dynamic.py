@@ -10,10 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
-
 from builders import BuildContext, builder, link_tree
-from builders._onnx import load_tokenizer
+from builders._onnx import load_tokenizer, reference_check
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.records import Manifest
 from quantmatrix.torch_recipes import TORCH_AO_DEPRECATION, apply
@@ -54,15 +52,12 @@ def build(ctx: BuildContext, params: TorchInt8DynamicParams) -> Manifest:
     steps.append(f"prepare+convert: {api} on {facts['quantized_linear']} Linear modules{kept}")
 
     tokenizer = load_tokenizer(ctx.out / "tokenizer")
-    texts = [e.text for e in ctx.data.split("test")[: params.check_examples]]
-    logits = predict_logits(model, tokenizer, texts, ctx.model.max_length)
-    ref_logits = np.load(ref.path / "eval" / "test_logits.npy", allow_pickle=False)[: len(texts)]
-    check = {
-        "check_examples": len(texts),
-        "check_top1_agreement": round(float((logits.argmax(-1) == ref_logits.argmax(-1)).mean()), 6),
-        "check_max_abs_logit_diff": round(float(np.abs(logits - ref_logits).max()), 6),
-    }
-    steps.append(f"check: top-1 agreement {check['check_top1_agreement']:.3f} on {len(texts)} test examples")
+    check = reference_check(
+        ctx, lambda texts: predict_logits(model, tokenizer, texts, ctx.model.max_length), params.check_examples
+    )
+    steps.append(
+        f"check: top-1 agreement {check['check_top1_agreement']:.3f} on {check['check_examples']} test examples"
+    )
     steps.append("save: recipe in manifest (the runner re-applies it to the FP32 safetensors at load)")
     extra = {
         "torch_loader": "recipe",
