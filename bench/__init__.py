@@ -13,7 +13,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
+from quantmatrix.capabilities import Capabilities, Capability
 from quantmatrix.errors import SpecError
 from quantmatrix.hardware import LAUNCHED_AT_ENV
 from quantmatrix.plan import GENERATION, REFERENCE, build_jobs, cell_modes, variants_for
@@ -44,6 +46,16 @@ class Job:
     log_tail: str = ""
 
 
+class Backend(Protocol):
+    """What planning needs to know about a backend (`runners.RunnerInfo` has it)."""
+
+    @property
+    def formats(self) -> Sequence[str]: ...
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+
 @dataclass(frozen=True)
 class Plan:
     jobs: list[Job]
@@ -59,7 +71,7 @@ def plan(
     device: str,
     *,
     builder_formats: Mapping[str, str],
-    backend_formats: Mapping[str, Sequence[str]],
+    backends: Mapping[str, Backend],
     run_id: str,
     matrix_arg: str = "matrix.toml",
     artifacts_arg: str = "artifacts",
@@ -70,8 +82,9 @@ def plan(
 
     Each round runs every (variant, runner) pair once, in the same order, so a machine that slows
     down part-way through affects every variant alike; `repeats` rounds (default: the profile's)
-    give each cell that many independent measurements. The null runner (harness overhead) runs
-    on the reference only: it never touches the model, so once per model says all.
+    give each cell that many independent measurements. The reference runs on the FP32-baseline and
+    overhead backends; a backend that measures harness overhead runs on the reference only (it never
+    touches the model, so once per model says all) and on classifiers only (it has no generation loop).
     """
     prof = matrix.profile(profile)
     runners = [matrix.runners[r] for r in prof.runners if matrix.runners[r].device == device]
@@ -107,14 +120,15 @@ def plan(
             for r in runners:
                 if v is not None and v.runners and r.name not in v.runners:
                     continue
-                if fmt not in backend_formats.get(r.backend, ()):
+                backend = backends.get(r.backend)
+                if backend is None or fmt not in backend.formats:
                     continue
-                if variant == REFERENCE and r.backend not in ("torch", "null"):
+                caps = backend.capabilities
+                overhead = Capability.MEASURES_OVERHEAD in caps
+                if variant == REFERENCE and not (overhead or Capability.FP32_BASELINE in caps):
                     continue
-                if variant != REFERENCE and r.backend == "null":
+                if overhead and (variant != REFERENCE or matrix.models[model].task == GENERATION):
                     continue
-                if r.backend == "null" and matrix.models[model].task == GENERATION:
-                    continue  # the null runner returns classifier-shaped zeros; it has no generation loop
                 pairs.append((model, variant, r.name))
     for repeat in range(rounds):
         for model, variant, runner in pairs:

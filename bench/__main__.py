@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             args.profile,
             args.device,
             builder_formats={k: v.output_format for k, v in b.items()},
-            backend_formats={k: v.formats for k, v in r.items()},
+            backends=r,
             run_id=run_id,
             matrix_arg=matrix_arg,
             artifacts_arg=artifacts_arg,

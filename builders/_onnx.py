@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from quantmatrix.errors import QuantmatrixError
+from quantmatrix.inputs import encode as encode_texts
 from quantmatrix.records import TensorSpec
 
 # onnx >= 1.23 stamps IR version 14 on new models; onnxruntime 1.31 loads up to 13 (and TensorRT
@@ -87,8 +88,7 @@ def opset_of(path: Path) -> int:
 
 
 def encode(tokenizer: Any, texts: Sequence[str], max_length: int, padding: str | bool = True) -> dict[str, np.ndarray]:
-    enc = tokenizer(list(texts), padding=padding, truncation=True, max_length=max_length, return_tensors="np")
-    return {k: v.astype(np.int64) for k, v in enc.items()}
+    return encode_texts(tokenizer, texts, None, max_length, padding=padding)
 
 
 def batches(tokenizer: Any, texts: Sequence[str], max_length: int, batch_size: int) -> Iterator[dict[str, np.ndarray]]:

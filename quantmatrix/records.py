@@ -9,15 +9,17 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from quantmatrix.capabilities import Capability
 from quantmatrix.errors import RecordError
 
 MANIFEST_VERSION: Literal[1] = 1
-RESULT_VERSION: Literal[1] = 1
+RESULT_VERSION: Literal[2] = 2
 PREDICTION_VERSION: Literal[1] = 1
 ANALYSIS_VERSION: Literal[1] = 1
 
@@ -366,9 +368,13 @@ class Cell(Record):
 class Result(Record):
     """One cell measured on one machine: `results/<run-id>/<cell>.json`."""
 
-    schema_version: Literal[1] = RESULT_VERSION
+    schema_version: Literal[2] = RESULT_VERSION
     run_id: str
     cell: Cell
+    capabilities: list[Capability] = Field(
+        description="what the cell's backend declared it can do (from the runner registry); the summary and "
+        "the report classify cells by these, never by backend name"
+    )
     artifact_key: str | None = None
     reference_key: str | None = None
     status: Status
@@ -510,12 +516,39 @@ def write_record(record: Record, path: Path) -> None:
     atomic_write_text(path, record.model_dump_json(indent=2) + "\n")
 
 
+def migrate_result_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """Result schema 1 -> 2: add `capabilities`, which version 1 did not record.
+
+    This migration is the one place that maps backend names to capabilities, and only for results
+    written before backends declared them: each old cell is classified exactly as the code that wrote it
+    classified it (the null backend measured overhead, the eager torch backend was the FP32 baseline and
+    generated, onnxruntime generated, every other backend was scored).
+    """
+    backend = data.get("cell", {}).get("backend") if isinstance(data.get("cell"), dict) else None
+    by_name = {
+        "null": [Capability.MEASURES_OVERHEAD],
+        "torch": [Capability.SCORES_QUALITY, Capability.FP32_BASELINE, Capability.GENERATES],
+        "onnxruntime": [Capability.SCORES_QUALITY, Capability.GENERATES],
+    }
+    capabilities = by_name.get(str(backend), [Capability.SCORES_QUALITY])
+    return {**data, "schema_version": 2, "capabilities": [c.value for c in capabilities]}
+
+
+# (record class, older schema_version) -> a function returning the data at the next version.
+_MIGRATIONS: dict[tuple[type[Record], int], Callable[[dict[str, Any]], dict[str, Any]]] = {
+    (Result, 1): migrate_result_v1
+}
+
+
 def parse_record(kind: type[R], data: Any, source: str) -> R:
-    """Validate `data` as `kind`; unknown versions and fields give one line naming `source`."""
+    """Validate `data` as `kind`, older versions migrated; unknown versions and fields give one line naming `source`."""
     if not isinstance(data, dict):
         raise RecordError(f"{source}: expected a JSON object, got {type(data).__name__}")
     version = data.get("schema_version")
     expected = _VERSIONS[kind]
+    while isinstance(version, int) and (kind, version) in _MIGRATIONS:
+        data = _MIGRATIONS[(kind, version)](data)
+        version = data.get("schema_version")
     if version != expected:
         raise RecordError(
             f"{source}: unsupported {kind.__name__} schema_version {version!r}; this quantmatrix reads "

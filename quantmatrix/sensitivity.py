@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from quantmatrix.errors import QuantmatrixError
+from quantmatrix.inputs import int64_inputs
 from quantmatrix.metrics import agreement, quality
 from quantmatrix.records import SensitivityTrial
 
@@ -155,7 +156,7 @@ def encode_split(
     for i in range(0, len(texts), batch_size):
         idx = order[i : i + batch_size]
         padded = tokenizer.pad({k: [enc[k][j] for j in idx] for k in enc}, return_tensors="np")
-        batches.append({n: np.ascontiguousarray(padded[n], dtype=np.int64) for n in input_names})
+        batches.append(int64_inputs(padded, input_names))
     return Encoded(batches=tuple(batches), order=order, seconds=time.perf_counter() - t0)
 
 

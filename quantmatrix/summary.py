@@ -1,9 +1,10 @@
 """Results grouped by cell across repeated rounds: the typed table the summary and the report print.
 
 Only numbers from result files: a cell measured in several rounds shows the median of its rounds'
-p50s and their spread (max/min); speed-ups are against the FP32 reference on PyTorch eager for the
-same model, batch size and sequence mode (the fastest of its thread settings); the null runner's p50
-is shown as a share of the fastest real p50 (the harness's own overhead).
+p50s and their spread (max/min); speed-ups are against the FP32 reference on the FP32-baseline backend
+(eager, not compiled) for the same model, batch size and sequence mode (the fastest of its thread
+settings); an overhead runner's p50 is shown as a share of the fastest real p50 (the harness's own
+overhead). Cells are classified by the capabilities their results carry, never by backend name.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from quantmatrix.capabilities import Capability
 from quantmatrix.errors import QuantmatrixError, RecordError
 from quantmatrix.records import Result, read_record
 
@@ -40,8 +42,8 @@ class CellSummary:
     p50_ms: float | None  # median over rounds of each round's p50
     p99_ms: float | None
     spread: float | None  # max/min of the rounds' p50s (None with one round)
-    speedup: float | None  # reference-on-torch-eager p50 / this p50
-    overhead: float | None  # null runner only: p50 / fastest real p50 of the same model, batch, seq
+    speedup: float | None  # FP32 eager baseline p50 / this p50
+    overhead: float | None  # overhead runners only: p50 / fastest real p50 of the same model, batch, seq
     artifact_mb: float | None
     macro_f1: float | None
     agreement: float | None
@@ -60,6 +62,8 @@ class CellSummary:
     bandwidth_spread: float | None = None  # max/min of the memory bandwidth probes around every round's loop
     run_id: str = ""
     members: tuple[int, ...] = ()  # indices into summarise()'s input: every round of this cell, for provenance
+    measures_overhead: bool = False  # its backend does no model work (Capability.MEASURES_OVERHEAD)
+    fp32_baseline: bool = False  # the FP32 reference on the baseline backend, eager: what speed-ups divide
 
     @property
     def key(self) -> tuple[str, int, str]:
@@ -85,7 +89,15 @@ def load_results(paths: Iterable[Path]) -> tuple[list[Result], list[str]]:
 
 
 def _is_eager_reference(r: Result) -> bool:
-    return r.cell.variant == REFERENCE and r.cell.backend == "torch" and not r.runner_options.get("compile")
+    return (
+        r.cell.variant == REFERENCE
+        and Capability.FP32_BASELINE in r.capabilities
+        and not r.runner_options.get("compile")
+    )
+
+
+def _measures_overhead(r: Result) -> bool:
+    return Capability.MEASURES_OVERHEAD in r.capabilities
 
 
 def _median(values: Iterable[float | int | None]) -> float | None:
@@ -138,14 +150,14 @@ def summarise(results: list[Result]) -> list[CellSummary]:
         )
         speedup = medians[base_ident] / p50 if base_ident and p50 else None
         overhead = None
-        if first.cell.backend == "null" and p50:
+        if _measures_overhead(first) and p50:
             real = [
                 m
                 for i, m in medians.items()
                 if i[0] == machine
                 and i[1] == model
                 and i[4:] == (batch, seq, run)
-                and groups[i][0].cell.backend != "null"
+                and not _measures_overhead(groups[i][0])
             ]
             overhead = p50 / min(real) if real else None
             speedup = None
@@ -190,6 +202,8 @@ def summarise(results: list[Result]) -> list[CellSummary]:
                 bandwidth_spread=_spread([b for r in ok if r.latency for b in r.latency.bandwidth_gbs or ()]),
                 run_id=run,
                 members=tuple(members[ident]),
+                measures_overhead=_measures_overhead(first),
+                fp32_baseline=all(_is_eager_reference(r) for r in rs),
             )
         )
     return rows
@@ -221,7 +235,7 @@ def render_text(rows: list[CellSummary]) -> str:
             f"{fmt(r.p99_ms, '8.2f')} {fmt(r.spread, '6.3f')} {speed:>7} {fmt(r.artifact_mb, '6.1f')} "
             f"{fmt(r.macro_f1, '6.4f')} {fmt(r.agreement, '6.4f')}  {r.verdict}"
         )
-    lines.append("speedup: vs the FP32 reference on torch-eager; for the null runner, its p50 as % of the fastest")
+    lines.append("speedup: vs the FP32 reference eager; for the overhead (null) runner, its p50 as % of the fastest")
     busy = [r for r in rows if r.background_cores is not None and r.background_cores >= BUSY_CORES]
     if busy:
         worst = max(busy, key=lambda r: r.background_cores or 0.0)
@@ -260,7 +274,7 @@ def headlines(rows: list[CellSummary]) -> list[str]:
             continue
         best = min(passing, key=lambda r: r.p50_ms or float("inf"))
         base_ms = (best.p50_ms or 0.0) * (best.speedup or 0.0)  # the eager FP32 baseline's p50
-        null = next((r for r in here if r.backend == "null"), None)
+        null = next((r for r in here if r.measures_overhead), None)
         spreads = [r.spread for r in here if r.spread is not None]
         tail = f"; null runner {100 * null.overhead:.2f}% of the fastest" if null and null.overhead else ""
         tail += f"; worst spread over rounds {max(spreads):.3f}" if spreads else ""
@@ -318,7 +332,7 @@ def compare_runs(rows: list[CellSummary], base: str, other: str, tolerance: floa
     ratios = []
     for key in shared:
         a, b = by_run[base][key], by_run[other][key]
-        if a.runner.startswith("null"):
+        if a.measures_overhead:
             continue  # microseconds of harness: a ratio of noise
         if a.threads != b.threads:
             lines.append(f"{'/'.join(map(str, key)):66} threads differ ({a.threads} vs {b.threads}): not compared")

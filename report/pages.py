@@ -98,7 +98,7 @@ def _by_model_machine(table: pd.DataFrame):
 
 
 def _measured(rows: pd.DataFrame) -> pd.DataFrame:
-    return rows[(rows["backend"] != "null") & rows["p50_ms"].notna()]
+    return rows[~rows["measures_overhead"].astype(bool) & rows["p50_ms"].notna()]
 
 
 @page("overview", "Overview")
@@ -175,7 +175,7 @@ def drift(ctx: Context) -> dict[str, Any] | None:
         # One canary series per variant @ runner: the first batch/seq setting that has canary results.
         series: dict[str, tuple[int, ...]] = {}
         for rec in ctx.records(rows[rows["status"] == "ok"].sort_values(["variant", "runner", "batch_size"])):
-            if rec["backend"] != "null":
+            if not rec["measures_overhead"]:
                 series.setdefault(rec["label"], rec["members"])
         canary_data = _canary_rows(ctx, list(series.items()))
         worst = {}
@@ -244,8 +244,8 @@ def roofline(ctx: Context) -> dict[str, Any] | None:
 
 
 def _baseline_decode(ctx: Context, rows: pd.DataFrame) -> dict[tuple[int, str], float]:
-    """(batch, run id) -> decode p50 of the FP32 reference on PyTorch eager without the KV cache."""
-    base = rows[(rows["variant"] == REFERENCE) & (rows["backend"] == "torch") & (rows["seq_mode"] == "no-cache")]
+    """(batch, run id) -> decode p50 of the FP32 reference on the eager baseline backend without the KV cache."""
+    base = rows[rows["fp32_baseline"].astype(bool) & (rows["seq_mode"] == "no-cache")]
     return {(int(r["batch_size"]), str(r["run_id"])): float(r["p50_ms"]) for r in ctx.records(base) if r["p50_ms"]}
 
 

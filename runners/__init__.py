@@ -1,25 +1,30 @@
-"""Runners load one artefact on one backend and predict; timing and scoring live in `runners.measure`.
+"""Runners load one artefact on one backend and predict; the task scenarios (`runners.tasks`) guard, score and time.
 
-A runner is one module named after its backend (`onnxruntime` -> `runners/onnxruntime.py`) with one
-params dataclass and a `load` function registered with `@runner(...)`, returning a `Session`.
-Modules import their backend lazily, so listing runners never imports torch or initialises CUDA.
+A backend is one module in `runners/backends/`, named after it (`onnxruntime` -> `runners/backends/onnxruntime.py`),
+with one params dataclass and a `load` function registered with `@runner(...)`, returning a `Session`,
+and the capabilities it has (`quantmatrix.capabilities.Capability`). Every public module there is a
+backend; helpers live elsewhere. Backend modules import their library lazily, so listing them never
+imports torch or initialises CUDA.
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from quantmatrix.capabilities import Capabilities, Capability
 from quantmatrix.records import Manifest
 
-# Modules in this package that are not backends.
-_NOT_BACKENDS = {"measure", "guard", "job", "peak", "inputs", "predict", "robustness", "analyses"}
+if TYPE_CHECKING:
+    from quantmatrix.causal_lm import Stepper
+
+BACKENDS_PACKAGE = f"{__name__}.backends"
 
 
 class Skip(Exception):
@@ -47,36 +52,74 @@ class LoadRequest:
     params: Any
 
 
+# A causal LM loaded for generation: the Stepper and the runner options to record.
+LoadLM = Callable[[LoadRequest], "tuple[Stepper, dict[str, Any]]"]
+
+
 @dataclass(frozen=True)
 class RunnerInfo:
     backend: str
     params: type
     formats: tuple[str, ...]
     devices: tuple[str, ...]
+    capabilities: Capabilities
     load: Callable[[LoadRequest], Session] = field(repr=False)
+    load_lm: LoadLM | None = field(default=None, repr=False)
+    module: str = ""
+
+    def can(self, capability: Capability) -> bool:
+        return capability in self.capabilities
 
 
 _REGISTRY: dict[str, RunnerInfo] = {}
 
 
 def runner(
-    backend: str, *, params: type, formats: tuple[str, ...], devices: tuple[str, ...] = ("cpu",)
+    backend: str,
+    *,
+    params: type,
+    formats: tuple[str, ...],
+    capabilities: Iterable[Capability],
+    devices: tuple[str, ...] = ("cpu",),
+    load_lm: LoadLM | None = None,
 ) -> Callable[..., Any]:
-    """Register a `load(request) -> Session` function for `backend` (must match its module name)."""
+    """Register a `load(request) -> Session` function for `backend` (must match its module name).
+
+    A backend with `Capability.GENERATES` also gives `load_lm(request) -> (Stepper, options)`.
+    """
+    caps = frozenset(capabilities)
+    if (Capability.GENERATES in caps) != (load_lm is not None):
+        raise RuntimeError(f"runner {backend!r}: Capability.GENERATES and load_lm go together (one without the other)")
 
     def wrap(fn: Callable[[LoadRequest], Session]) -> Callable[[LoadRequest], Session]:
-        module = fn.__module__.rsplit(".", 1)[-1]
-        if module != backend.replace("-", "_"):
-            raise RuntimeError(f"runner {backend!r} must live in runners/{backend.replace('-', '_')}.py")
-        _REGISTRY[backend] = RunnerInfo(backend=backend, params=params, formats=formats, devices=devices, load=fn)
+        module = fn.__module__
+        if module != f"{BACKENDS_PACKAGE}.{backend.replace('-', '_')}":
+            raise RuntimeError(f"runner {backend!r} must live in runners/backends/{backend.replace('-', '_')}.py")
+        _REGISTRY[backend] = RunnerInfo(
+            backend=backend, params=params, formats=formats, devices=devices, capabilities=caps, load=fn,
+            load_lm=load_lm, module=module,
+        )  # fmt: skip
         return fn
 
     return wrap
 
 
 def registry() -> Mapping[str, RunnerInfo]:
-    """All backends, by importing every backend module in this package (their heavy imports are lazy)."""
-    for mod in pkgutil.iter_modules(__path__):
-        if not mod.name.startswith("_") and mod.name not in _NOT_BACKENDS:
-            importlib.import_module(f"{__name__}.{mod.name}")
-    return dict(_REGISTRY)
+    """All backends, by importing every module in `runners/backends/` (their heavy imports are lazy)."""
+    package = importlib.import_module(BACKENDS_PACKAGE)
+    found = set()
+    for mod in pkgutil.iter_modules(package.__path__):
+        if not mod.name.startswith("_"):
+            found.add(importlib.import_module(f"{BACKENDS_PACKAGE}.{mod.name}").__name__)
+    # Only what the package holds now: a module registered once and since gone from it is not listed.
+    return {name: info for name, info in _REGISTRY.items() if info.module in found}
+
+
+def fp32_baseline() -> RunnerInfo:
+    """The backend that runs the FP32 reference eagerly (what headline speed-ups and typo references use)."""
+    found = [info for info in registry().values() if info.can(Capability.FP32_BASELINE)]
+    if len(found) != 1:
+        raise RuntimeError(
+            f"exactly one backend must declare Capability.FP32_BASELINE; found {sorted(i.backend for i in found)}"
+        )
+    return found[0]

@@ -41,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         kinds = analysis_registry()
         if args.command == "list":
             for name, info in sorted(backends.items()):
-                print(f"{name:14} formats={','.join(info.formats):22} devices={','.join(info.devices)}")
+                print(
+                    f"{name:14} formats={','.join(info.formats):22} devices={','.join(info.devices):9} "
+                    f"capabilities={','.join(sorted(info.capabilities))}"
+                )
             for kind in sorted(kinds):
                 print(f"analysis {kind}")
             return 0

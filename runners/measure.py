@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from quantmatrix.hardware import cpu_busy_seconds, memory_bandwidth_forked_gbs, speed_probe_per_cpu_ms
+from quantmatrix.inputs import encode, natural_batches
 from quantmatrix.metrics import percentile_summary
 from quantmatrix.records import Agreement, Latency, Quality
 from quantmatrix.spec import MeasureSpec, Thresholds
@@ -52,25 +53,9 @@ def tokenise(
     """Fixed batches in test-split order: padded to `padded_length`, or to each batch's longest text."""
     batches = []
     limit = len(texts) if max_batches is None else min(len(texts), max_batches * batch_size)
+    padding = "max_length" if seq_mode == "padded" else True
     for i in range(0, limit - batch_size + 1, batch_size):
-        chunk = list(texts[i : i + batch_size])
-        if seq_mode == "padded":
-            enc = tokenizer(
-                chunk,
-                padding="max_length",
-                truncation=True,
-                max_length=padded_length,  # type: ignore[operator]
-                return_tensors="np",
-            )
-        else:
-            enc = tokenizer(
-                chunk,
-                padding=True,
-                truncation=True,
-                max_length=padded_length,  # type: ignore[operator]
-                return_tensors="np",
-            )
-        batches.append({name: np.ascontiguousarray(enc[name], dtype=np.int64) for name in input_names})
+        batches.append(encode(tokenizer, texts[i : i + batch_size], input_names, padded_length, padding=padding))
     if not batches:
         raise ValueError(f"need at least {batch_size} texts to form one batch, got {len(texts)}")
     return Inputs(batch_size=batch_size, seq_mode=seq_mode, batches=tuple(batches))
@@ -156,21 +141,8 @@ def predict_all(
     batch_size: int = 32,
 ) -> np.ndarray:
     """Logits for every text (natural-length batches; the last batch may be short)."""
-    out = []
-    for i in range(0, len(texts), batch_size):
-        enc = tokenizer(
-            list(texts[i : i + batch_size]),
-            padding=True,
-            truncation=True,
-            max_length=max_length,  # type: ignore[operator]
-            return_tensors="np",
-        )
-        out.append(
-            np.asarray(
-                predict({n: np.ascontiguousarray(enc[n], dtype=np.int64) for n in input_names}), dtype=np.float32
-            )
-        )
-    return np.concatenate(out)
+    batches = natural_batches(tokenizer, texts, input_names, max_length, batch_size)
+    return np.concatenate([np.asarray(predict(b), dtype=np.float32) for b in batches])
 
 
 def verdict(quality: Quality, agreement: Agreement, reference: Quality, thresholds: Thresholds) -> str:

@@ -1,16 +1,19 @@
 """`python -m runners.predict "some headline"`: every built artefact this machine can run, on one input.
 
 Loads each built variant of the model (and the FP32 reference) on its runners the way run jobs do
-(`runners.job.open_artefact`: matrix runner params, label-map and input guard), prints one aligned
-table of top-5 labels with probabilities and the latency of one call after a warm-up call, flags
-top-1 disagreement with the FP32 reference, and writes `predict.json`, `predict.html` and
-`predict.png` (the confidence chart) under --out. By default each variant runs on one runner per
-backend (the first the matrix allows); `--all-runners` runs every one (torch.compile compiles first).
+(`runners.tasks.classification.open_artefact`: matrix runner params, label-map and input guard),
+prints one aligned table of top-5 labels with probabilities and the latency of one call after a
+warm-up call, flags top-1 disagreement with the FP32 reference, and writes `predict.json`,
+`predict.html` and `predict.png` (the confidence chart, drawn by `python -m report.predict` in its
+own process) under --out. By default each variant runs on one runner per backend (the first the
+matrix allows); `--all-runners` runs every one (torch.compile compiles first).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -18,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from quantmatrix.capabilities import Capability
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.hardware import fingerprint
+from quantmatrix.inputs import encode
 from quantmatrix.metrics import top_k
 from quantmatrix.plan import REFERENCE, build_jobs
 from quantmatrix.records import Manifest, Prediction, PredictionRow, write_record
@@ -27,7 +32,8 @@ from quantmatrix.spec import Matrix, MeasureSpec, RunnerSpec, load_matrix
 from quantmatrix.store import Store, now_iso
 from runners import RunnerInfo, Skip, registry
 from runners.guard import GuardFailure, check_output
-from runners.job import _encode, open_artefact, threads_for
+from runners.job import threads_for
+from runners.tasks.classification import open_artefact
 
 
 class PredictError(QuantmatrixError):
@@ -42,7 +48,7 @@ def runners_for(
     out, seen = [], set()
     for spec in matrix.runners.values():
         info = backends.get(spec.backend)
-        if spec.backend == "null" or info is None or manifest.format not in info.formats:
+        if info is None or not info.can(Capability.SCORES_QUALITY) or manifest.format not in info.formats:
             continue
         if allowed and spec.name not in allowed:
             continue
@@ -118,7 +124,7 @@ def predict(
                 if not checked:
                     _check_text(text, opened.tokenizer)
                     checked = True
-                feed = _encode(opened.tokenizer, [text], opened.names, max_length)
+                feed = encode(opened.tokenizer, [text], opened.names, max_length)
                 opened.session.predict(feed)  # warm-up (torch.compile compiles here)
                 t0 = time.perf_counter_ns()
                 logits = np.asarray(opened.session.predict(feed))
@@ -202,11 +208,20 @@ def main(argv: list[str] | None = None) -> int:
     print(table(result))
     write_record(result, args.out / "predict.json")
     written = [args.out / "predict.json"]
-    if not args.no_chart:
-        from report.predict import render  # the report's Vega/vl-convert helpers (no torch there)
-
-        written += render(result, args.out)
     print("wrote " + ", ".join(str(p) for p in written))
+    if not args.no_chart:
+        # The report stage draws the chart from the record, in its own process: runners never import the report.
+        # It runs from the same source tree as this module, whatever the working directory.
+        tree = str(Path(__file__).resolve().parent.parent)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (tree, os.environ.get("PYTHONPATH")) if p)}
+        drawn = subprocess.run(
+            [sys.executable, "-m", "report.predict", str(args.out / "predict.json"), "--out", str(args.out)],
+            capture_output=True, text=True, check=False, env=env,
+        )  # fmt: skip
+        if drawn.returncode != 0:
+            print(f"error: the chart was not drawn: {drawn.stderr.strip()[-600:]}", file=sys.stderr)
+            return 1
+        print("wrote " + ", ".join(drawn.stdout.split()))
     ok = [r for r in result.rows if r.status == "ok"]
     if not ok:
         print("error: no artefact could run on this machine (see the reasons above)", file=sys.stderr)

@@ -1,8 +1,9 @@
 """Robustness under typos, measured inside a run job: quality at each typo rate on the same perturbed texts.
 
 Every variant sees the same texts (`quantmatrix.typos`, seeded). Agreement is with the FP32 reference
-on those same texts: its logits are computed once per (reference, texts) with the eager PyTorch
-runner and cached under `artifacts/.robustness/<reference key>/`, so other jobs reuse them.
+on those same texts: its logits are computed once per (reference, texts) with the FP32-baseline
+backend (`Capability.FP32_BASELINE`) and cached under `artifacts/.robustness/<reference key>/`, so
+other jobs reuse them.
 """
 
 from __future__ import annotations
@@ -42,13 +43,13 @@ def reference_logits(artifacts: Path, ref_key: str, texts: Sequence[str], comput
 
 
 def eager_reference(artifacts: Path, reference: Manifest, threads: int, max_length: int) -> Logits:
-    """A logits function over the FP32 reference loaded by the eager PyTorch runner (what the scores use)."""
+    """A logits function over the FP32 reference loaded by the FP32-baseline backend (what the scores use)."""
     from transformers import AutoTokenizer
 
-    from runners import LoadRequest, registry
+    from runners import LoadRequest, fp32_baseline
     from runners.measure import predict_all
 
-    info = registry()["torch"]
+    info = fp32_baseline()
     path = artifacts / reference.key
     session = info.load(LoadRequest(path=path, manifest=reference, device="cpu", threads=threads, params=info.params()))
     tokenizer = AutoTokenizer.from_pretrained(str(path / (reference.tokenizer or "tokenizer")))

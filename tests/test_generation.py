@@ -257,7 +257,7 @@ def test_plan_routes_causal_lms_to_generation_jobs(lm_built):
     matrix = _matrix(lm_built)
     formats = {k: v.output_format for k, v in builders.registry().items()}
     p = plan(matrix, "mixed", "cpu", builder_formats=formats,
-             backend_formats={k: v.formats for k, v in runners.registry().items()}, run_id="x")  # fmt: skip
+             backends=runners.registry(), run_id="x")  # fmt: skip
     builds = {j.name for j in p.jobs if j.kind == "build"}
     assert builds == {"build tiny/reference", "build tiny/onnx-fp32", "build tiny-lm/reference",
                       "build tiny-lm/lm-onnx-past", "build tiny-lm/lm-int8"}  # fmt: skip

@@ -19,8 +19,7 @@ from builders.tensorrt_engine import SCORING_BATCH, profile_shapes, qdq_problems
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.gpu import cuda_error_reason, missing_module, probe_cuda
 from quantmatrix.records import Result, read_record
-from runners.guard import GuardFailure, check_agreement
-from runners.tensorrt import (
+from runners.backends.tensorrt import (
     EngineError,
     EngineTarget,
     EngineTensor,
@@ -32,6 +31,7 @@ from runners.tensorrt import (
     pick_profile,
     split_io,
 )
+from runners.guard import GuardFailure, check_agreement
 
 NO_GPU = probe_cuda().reason
 needs_gpu = pytest.mark.skipif(NO_GPU is not None, reason=f"needs an NVIDIA GPU: {NO_GPU}")

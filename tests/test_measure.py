@@ -45,7 +45,8 @@ def test_process_start_time_falls_between_launch_and_first_output():
     """Launch overheads are differences of wall clocks: a process cannot start before it was launched."""
     before = time.time()
     out = subprocess.run(
-        [sys.executable, "-c", "import time; from runners.job import process_start_time as p; print(p(), time.time())"],
+        [sys.executable, "-c",
+         "import time; from runners.tasks import process_start_time as p; print(p(), time.time())"],
         capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
     started, printed = float(out[0]), float(out[1])

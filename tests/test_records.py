@@ -7,6 +7,7 @@ import json
 import pytest
 
 from quantmatrix.__main__ import SCHEMA_DIR
+from quantmatrix.capabilities import Capability
 from quantmatrix.errors import RecordError
 from quantmatrix.hardware import fingerprint
 from quantmatrix.metrics import agreement, quality
@@ -53,6 +54,7 @@ def make_result() -> Result:
         fingerprint=fingerprint(),
         started=now_iso(),
         finished=now_iso(),
+        capabilities=[Capability.SCORES_QUALITY, Capability.GENERATES],
         cell=Cell(
             model="m",
             variant="v",
@@ -114,3 +116,40 @@ def test_metrics_values():
     assert q.per_class["a"].precision == 1.0 and q.per_class["a"].recall == 0.5
     assert q.macro_f1 == pytest.approx((2 / 3 + 0.8) / 2)
     assert q.confusion == [[1, 1], [0, 2]]
+
+
+OLD_RESULTS = SCHEMA_DIR.parent / "tests" / "fixtures" / "results-before-capabilities"
+
+
+def test_results_written_before_capabilities_load_and_are_classified_as_before():
+    """Schema-1 results (written by the run job before backends declared capabilities) migrate on load."""
+    from quantmatrix.summary import load_results, summarise
+
+    files = sorted(OLD_RESULTS.glob("*.json"))
+    assert len(files) == 3
+    for path in files:
+        assert json.loads(path.read_text())["schema_version"] == 1 and "capabilities" not in path.read_text()
+    results, errors = load_results([OLD_RESULTS])
+    assert not errors
+    by_runner = {r.cell.runner: r for r in results}
+    assert {r.schema_version for r in results} == {2}
+    assert by_runner["null"].capabilities == [Capability.MEASURES_OVERHEAD]
+    assert Capability.FP32_BASELINE in by_runner["torch-eager"].capabilities
+    assert by_runner["ort-cpu"].capabilities == [Capability.SCORES_QUALITY, Capability.GENERATES]
+    rows = {r.runner: r for r in summarise(results)}
+    # The null runner is the harness overhead (a share of the fastest real p50), not a speed-up.
+    assert rows["null"].measures_overhead and rows["null"].speedup is None
+    assert rows["null"].overhead == rows["null"].p50_ms / min(rows["torch-eager"].p50_ms, rows["ort-cpu"].p50_ms)
+    # Speed-ups are against the eager FP32 reference on torch.
+    assert rows["torch-eager"].fp32_baseline and rows["torch-eager"].speedup == 1.0
+    assert not rows["ort-cpu"].fp32_baseline and not rows["ort-cpu"].measures_overhead
+    assert rows["ort-cpu"].speedup == rows["torch-eager"].p50_ms / rows["ort-cpu"].p50_ms
+
+
+def test_migrated_result_round_trips_as_the_current_version(tmp_path):
+    path = next(OLD_RESULTS.glob("*__null__*.json"))
+    old = read_record(Result, path)
+    write_record(old, tmp_path / "new.json")
+    data = json.loads((tmp_path / "new.json").read_text())
+    assert data["schema_version"] == 2 and data["capabilities"] == ["measures-overhead"]
+    assert read_record(Result, tmp_path / "new.json") == old

@@ -23,7 +23,8 @@ from quantmatrix.records import Manifest, Result, read_record, write_record
 from quantmatrix.spec import load_matrix
 from quantmatrix.store import Store, list_files
 from quantmatrix.summary import compare_runs, headlines, launch_overheads, load_results, render_text, summarise
-from runners.job import RunJob, process_start_time
+from runners.job import RunJob
+from runners.tasks import process_start_time
 
 pytestmark = pytest.mark.slow
 
@@ -159,7 +160,7 @@ def test_bench_plan_interleaves_rounds_and_a_crash_or_oom_does_not_stop_the_run(
     p = plan(
         matrix, "t", "cpu",
         builder_formats={k: v.output_format for k, v in builders.registry().items()},
-        backend_formats={k: v.formats for k, v in runners.registry().items()},
+        backends=runners.registry(),
         run_id="r", repeats=2,
     )  # fmt: skip
     runs = [j for j in p.jobs if j.kind == "run"]

@@ -274,7 +274,7 @@ def test_bench_plans_analyses_after_what_they_read(root: Path) -> None:
     p = plan(
         matrix, "a", "cpu",
         builder_formats={k: v.output_format for k, v in builders.registry().items()},
-        backend_formats={k: v.formats for k, v in runners.registry().items()}, run_id="r",
+        backends=runners.registry(), run_id="r",
     )  # fmt: skip
     names = [j.name for j in p.jobs]
     # The profile lists no variant, yet the analysis reads onnx-fp32: its build is planned before it.

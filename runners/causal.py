@@ -1,38 +1,25 @@
-"""Causal-LM sessions for the torch and onnxruntime backends: a Stepper (quantmatrix.causal_lm) per artefact.
+"""Causal-LM sessions for the torch backend: a Stepper (quantmatrix.causal_lm) per artefact.
 
 Classifier sessions return logits for a batch; a causal LM steps a KV cache, so its sessions have
-another shape. Both backends' are made here from the same runner params, which keeps the
-classifier runners untouched. No timing here (runners._generation times any Stepper).
+another shape. The torch backend registers `load_torch_lm` as its `load_lm`; kept out of the backend
+module, which stays about classifier sessions. No timing here (the generation task times any Stepper).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from quantmatrix.causal_lm import OrtLM, Stepper, TorchLM, load_lm
+from quantmatrix.causal_lm import Stepper, TorchLM, load_lm
 from runners import LoadRequest, Skip
 
 
-def load_causal(backend: str, request: LoadRequest) -> tuple[Stepper, dict[str, Any]]:
-    """The artefact as a Stepper on `backend`, and the options to record; Skip where it cannot generate."""
-    if backend == "torch":
-        return _torch(request)
-    if backend == "onnxruntime":
-        from runners.onnxruntime import load
-
-        # The classifier session's own loader sets providers, threads, spinning and optimisation
-        # level; generation binds the same InferenceSession through OrtLM instead of its predict.
-        session = load(request)
-        return OrtLM(session._session), session.options()
-    raise Skip(f"backend {backend} does not run causal-LM generation")
-
-
-def _torch(request: LoadRequest) -> tuple[Stepper, dict[str, Any]]:
+def load_torch_lm(request: LoadRequest) -> tuple[Stepper, dict[str, Any]]:
+    """The artefact as a Stepper on PyTorch, and the options to record; Skip where it cannot generate."""
     import torch
 
     p = request.params
     if request.device == "cuda":
-        from runners.torch import cuda_unavailable
+        from runners.backends.torch import cuda_unavailable
 
         if reason := cuda_unavailable(torch):
             raise Skip(f"needs CUDA: {reason}")

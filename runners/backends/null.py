@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from quantmatrix.capabilities import Capability
 from runners import LoadRequest, Skip, runner
 
 
@@ -33,7 +34,13 @@ class NullSession:
         return {}
 
 
-@runner("null", params=NullParams, formats=("torch", "onnx", "tensorrt"), devices=("cpu", "cuda"))
+@runner(
+    "null",
+    params=NullParams,
+    formats=("torch", "onnx", "tensorrt"),
+    devices=("cpu", "cuda"),
+    capabilities={Capability.MEASURES_OVERHEAD},
+)
 def load(request: LoadRequest) -> NullSession:
     if request.device == "cuda":
         from quantmatrix.gpu import probe_cuda

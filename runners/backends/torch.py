@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from quantmatrix.capabilities import Capability
 from runners import LoadRequest, Skip, runner
 
 _DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
@@ -106,7 +107,21 @@ def load_module(request: LoadRequest) -> Any:
     raise Skip(f"unknown torch loader {loader!r} in manifest extra")
 
 
-@runner("torch", params=TorchParams, formats=("torch",), devices=("cpu", "cuda"))
+def load_lm(request: LoadRequest) -> tuple[Any, dict[str, Any]]:
+    """A causal LM for generation (eager; safetensors or a recipe, or bitsandbytes LLM.int8 on CUDA)."""
+    from runners.causal import load_torch_lm
+
+    return load_torch_lm(request)
+
+
+@runner(
+    "torch",
+    params=TorchParams,
+    formats=("torch",),
+    devices=("cpu", "cuda"),
+    capabilities={Capability.SCORES_QUALITY, Capability.FP32_BASELINE, Capability.GENERATES},
+    load_lm=load_lm,
+)
 def load(request: LoadRequest) -> TorchSession:
     import torch
 

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from quantmatrix.capabilities import Capability
 from runners import LoadRequest, Skip, runner
 
 _LEVELS = {
@@ -64,7 +65,23 @@ def load_error(e: Exception) -> str:
     return re.sub(r"/onnxruntime_src/\S+:\d+ [^()]*\([^)]*\)\s*", "", text).strip()
 
 
-@runner("onnxruntime", params=OrtParams, formats=("onnx",), devices=("cpu", "cuda"))
+def load_lm(request: LoadRequest) -> tuple[Any, dict[str, Any]]:
+    """A causal-LM graph for generation: the classifier session's own loader sets providers, threads,
+    spinning and optimisation level; generation binds the same InferenceSession through OrtLM."""
+    from quantmatrix.causal_lm import OrtLM
+
+    session = load(request)
+    return OrtLM(session._session), session.options()
+
+
+@runner(
+    "onnxruntime",
+    params=OrtParams,
+    formats=("onnx",),
+    devices=("cpu", "cuda"),
+    capabilities={Capability.SCORES_QUALITY, Capability.GENERATES},
+    load_lm=load_lm,
+)
 def load(request: LoadRequest) -> OrtSession:
     try:
         import onnxruntime as ort

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from quantmatrix.capabilities import Capability
 from runners import LoadRequest, Skip, runner
 
 Shape = tuple[int, ...]
@@ -288,7 +289,13 @@ def _why_not(request: LoadRequest) -> str | None:
     return probe.reason
 
 
-@runner("tensorrt", params=TensorrtParams, formats=("tensorrt",), devices=("cuda",))
+@runner(
+    "tensorrt",
+    params=TensorrtParams,
+    formats=("tensorrt",),
+    devices=("cuda",),
+    capabilities={Capability.SCORES_QUALITY},
+)
 def load(request: LoadRequest) -> TensorrtSession:
     from quantmatrix.gpu import probe_cuda
 
