@@ -19,8 +19,6 @@ from quantmatrix.records import Result
 from report import charts
 from report.data import Loaded, machine_name
 
-REFERENCE = "reference"
-
 
 @dataclass
 class Chart:

@@ -10,7 +10,6 @@ imports torch or initialises CUDA.
 from __future__ import annotations
 
 import importlib
-import pkgutil
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from quantmatrix.capabilities import Capabilities, Capability
+from quantmatrix.discovery import import_public_modules
 from quantmatrix.records import Manifest
 
 if TYPE_CHECKING:
@@ -107,10 +107,7 @@ def runner(
 def registry() -> Mapping[str, RunnerInfo]:
     """All backends, by importing every module in `runners/backends/` (their heavy imports are lazy)."""
     package = importlib.import_module(BACKENDS_PACKAGE)
-    found = set()
-    for mod in pkgutil.iter_modules(package.__path__):
-        if not mod.name.startswith("_"):
-            found.add(importlib.import_module(f"{BACKENDS_PACKAGE}.{mod.name}").__name__)
+    found = {m.__name__ for m in import_public_modules(BACKENDS_PACKAGE, package.__path__)}
     # Only what the package holds now: a module registered once and since gone from it is not listed.
     return {name: info for name, info in _REGISTRY.items() if info.module in found}
 

@@ -9,15 +9,14 @@ Every public module in this package is a scenario, found by `scenarios()`.
 
 from __future__ import annotations
 
-import importlib
 import os
-import pkgutil
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from quantmatrix.discovery import import_public_modules
 from quantmatrix.hardware import launched_at
 from quantmatrix.records import ColdStart, Manifest, Result
 from quantmatrix.spec import Matrix, MeasureSpec, ModelSpec, RunnerSpec
@@ -88,9 +87,7 @@ def scenario(task: str) -> Callable[[Measure], Measure]:
 
 def scenarios() -> Mapping[str, Measure]:
     """Every task's scenario, by importing each public module of this package."""
-    for mod in pkgutil.iter_modules(__path__):
-        if not mod.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{mod.name}")
+    import_public_modules(__name__, __path__)
     return dict(_SCENARIOS)
 
 
