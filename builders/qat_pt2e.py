@@ -21,7 +21,7 @@ from builders import BuildContext, builder, link_tree
 from builders._onnx import encode, load_tokenizer, reference_check
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.metrics import quality
-from quantmatrix.records import Manifest
+from quantmatrix.records import Manifest, Pt2eQatInt8Load
 from quantmatrix.torch_recipes import prepare_qat, rebuild
 
 
@@ -116,10 +116,10 @@ def build(ctx: BuildContext, params: QatPt2eParams) -> Manifest:
     save_file(state, str(ctx.out / "qat_state.safetensors"))
     steps.append(f"save: trained graph state ({len(state)} tensors) to qat_state.safetensors")
 
-    recipe = {"name": "pt2e-qat-int8", "calibration": "example.json", "state": "qat_state.safetensors"}
+    load = Pt2eQatInt8Load(calibration="example.json", state="qat_state.safetensors")
     manifest = ctx.manifest(
         format="torch", precision="int8", params=params, entry="model", tokenizer="tokenizer", device="cpu",
-        extra={"torch_loader": "recipe", "recipe": recipe, "serve": "torch.compile with inductor freezing"},
+        load=load, extra={"serve": "torch.compile with inductor freezing"},
     )  # fmt: skip
     converted = rebuild(ctx.out, manifest)  # what the runner does: re-prepare, load state, convert_pt2e
     steps.append("convert: re-prepare the FP32 graph, load the trained state, convert_pt2e")

@@ -17,7 +17,7 @@ import numpy as np
 from builders import BuildContext, builder
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.metrics import quality
-from quantmatrix.records import Manifest, TensorSpec
+from quantmatrix.records import EncoderArch, HfLoad, Manifest, TensorSpec
 
 
 @dataclass(frozen=True)
@@ -171,14 +171,17 @@ def build(ctx: BuildContext, params: ReferenceParams) -> Manifest:
         steps=steps,
         metrics=metrics,
         random_init=random_init,
+        load=HfLoad(),
+        arch=EncoderArch(
+            **{
+                k: int(getattr(model.config, k))
+                for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_labels")
+            }
+        ),
         extra={
             "dataset": data.name,
             "dataset_fingerprint": data.fingerprint,
             "parameters": total,
-            "arch": {
-                k: int(getattr(model.config, k))
-                for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_labels")
-            },
             "trainable_parameters": trainable,
             "finetune": vars(ft),
         },

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from builders import BuildContext, builder, link_tree
 from quantmatrix.errors import QuantmatrixError
-from quantmatrix.records import Manifest
+from quantmatrix.records import BnbLlmInt8Load, Manifest
 
 
 @dataclass(frozen=True)
@@ -22,16 +22,16 @@ class TorchInt8BnbLmParams:
 
 @builder("torch-int8-bnb-lm", params=TorchInt8BnbLmParams, output_format="torch", device="cuda")
 def build(ctx: BuildContext, params: TorchInt8BnbLmParams) -> Manifest:
-    from quantmatrix.bnb import RECIPE, int8_modules, load_llm_int8, unavailable
+    from quantmatrix.bnb import int8_modules, load_llm_int8, unavailable
 
     ref = ctx.reference
     if ref.manifest.format != "torch" or ref.manifest.task != "text-generation":
         raise QuantmatrixError("torch-int8-bnb-lm quantises a torch causal-LM reference")
-    recipe = {"name": RECIPE, "threshold": params.threshold}
+    load = BnbLlmInt8Load(threshold=params.threshold)
     if reason := unavailable():
         ctx.log(f"[skip  ] {ctx.variant.name}: {reason}")
         return ctx.manifest(
-            format="torch", precision="int8", params=params, device="cuda", status="skipped", reason=reason
+            format="torch", precision="int8", params=params, device="cuda", status="skipped", reason=reason, load=load
         )
     from builders._onnx_lm import check_torch_lm
     from quantmatrix.causal_lm import TorchLM
@@ -54,9 +54,8 @@ def build(ctx: BuildContext, params: TorchInt8BnbLmParams) -> Manifest:
         device="cuda",
         steps=steps,
         metrics=check,
+        load=load,
         extra={
-            "torch_loader": RECIPE,
-            "recipe": recipe,
             "on_disk": "FP32 safetensors; bitsandbytes quantises at load (LLM.int8)",
             "int8_modules": int8_modules(model),
         },

@@ -14,7 +14,7 @@ from builders import BuildContext, builder, link_tree
 from builders._onnx_lm import check_torch_lm
 from quantmatrix.causal_lm import TorchLM, load_lm_with_facts
 from quantmatrix.errors import QuantmatrixError
-from quantmatrix.records import Manifest
+from quantmatrix.records import DynamicInt8LmLoad, Manifest
 from quantmatrix.torch_recipes import TORCH_AO_DEPRECATION
 
 
@@ -31,8 +31,8 @@ def build(ctx: BuildContext, params: TorchInt8DynamicLmParams) -> Manifest:
     link_tree(ref.path / (ref.manifest.entry or "model"), ctx.out / "model")
     link_tree(ref.path / (ref.manifest.tokenizer or "tokenizer"), ctx.out / "tokenizer")
     steps = ["link: reference model/ (safetensors) and tokenizer/ (hard links, no copy)"]
-    recipe = {"name": "dynamic-int8-lm"}
-    model, facts = load_lm_with_facts(ctx.out / "model", recipe)
+    load = DynamicInt8LmLoad()
+    model, facts = load_lm_with_facts(ctx.out / "model", load.as_recipe())
     steps.append(
         f"prepare+convert: {facts['conv1d_converted']} Conv1D -> nn.Linear, torch.ao.quantization.quantize_dynamic"
         f"({{nn.Linear}}, qint8) on {facts['quantized_linear']} Linear modules"
@@ -49,9 +49,8 @@ def build(ctx: BuildContext, params: TorchInt8DynamicLmParams) -> Manifest:
         steps=steps,
         metrics=check,
         notes=[TORCH_AO_DEPRECATION],
+        load=load,
         extra={
-            "torch_loader": "lm-recipe",
-            "recipe": recipe,
             "on_disk": "FP32 safetensors; the INT8 weights exist in memory after the recipe",
             "int8_weight_bytes": facts["int8_weight_bytes"],
             "quantized_linear": facts["quantized_linear"],

@@ -17,7 +17,7 @@ import numpy as np
 from builders import BuildContext, builder, link_tree
 from builders._onnx import encode, load_tokenizer
 from quantmatrix.errors import QuantmatrixError
-from quantmatrix.records import Manifest
+from quantmatrix.records import Manifest, Pt2eInt8Load
 from quantmatrix.torch_recipes import rebuild
 
 
@@ -47,10 +47,9 @@ def build(ctx: BuildContext, params: TorchInt8Pt2eParams) -> Manifest:
         enc = encode(tokenizer, texts[i : i + params.calibration_batch_size], ctx.model.max_length)
         calibration.append({k: enc[k].tolist() for k in names})
     (ctx.out / "calibration.json").write_text(json.dumps(calibration), encoding="utf-8")
-    recipe = {"name": "pt2e-int8", "calibration": "calibration.json"}
     manifest = ctx.manifest(
         format="torch", precision="int8", params=params, entry="model", tokenizer="tokenizer", device="cpu",
-        extra={"torch_loader": "recipe", "recipe": recipe, "serve": "torch.compile with inductor freezing"},
+        load=Pt2eInt8Load(calibration="calibration.json"), extra={"serve": "torch.compile with inductor freezing"},
     )  # fmt: skip
     converted = rebuild(ctx.out, manifest)  # exactly what the runner will do
     q_nodes = sum(1 for n in converted.graph.nodes if "quantize_per_tensor" in str(n.target))

@@ -156,7 +156,7 @@ def measure_generation(
         launch_ms=(process_start_time() - launched) * 1e3 if launched else None,
     )
     texts = [tokenizer.decode(p) for p in prompts]
-    origin = reference.extra.get("tokenizer_origin", "")
+    origin = reference.tokenizer_origin or ""
     by_batch: dict[int, list[CellPlan]] = {}
     for cell in cells:
         by_batch.setdefault(cell.batch_size, []).append(cell)

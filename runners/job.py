@@ -126,8 +126,7 @@ def open_artefact(
 
 def mixed_precision_of(manifest: Manifest) -> MixedPrecisionSearch | None:
     """A mixed-precision artefact's layer search (ranking, trials, choice), for the report."""
-    search = manifest.extra.get("search")
-    return MixedPrecisionSearch.model_validate(search) if search is not None else None
+    return manifest.search
 
 
 def build_summary(manifest: Manifest) -> BuildSummary:
@@ -341,7 +340,7 @@ class RunJob:
                     lambda t: predict_all(session.predict, tokenizer, t, names, self.model.max_length),
                     texts, y, labels, logits, ref_logits, reference,
                 )  # fmt: skip
-        arch = reference.extra.get("arch")
+        arch = reference.arch
         # The roof is a CPU GEMM (torch.mm / MatMulInteger): it says nothing about a GPU cell.
         peak = _machine_peak(self.store.root, manifest.precision) if self.runner.device == "cpu" else None
         results = []
@@ -378,11 +377,9 @@ class RunJob:
                 mixed_precision=mixed_precision_of(manifest),
                 device_timing=device_timing,
                 random_init=manifest.random_init,
-                extra={
-                    "quality_eval": "natural length, batch 32",
-                    "reference_macro_f1": q_ref.macro_f1,
-                    "timed_batches": len(inputs.batches),
-                },
+                quality_eval="natural length, batch 32",
+                reference_macro_f1=q_ref.macro_f1,
+                timed_batches=len(inputs.batches),
                 **(scored or {"verdict": "n/a"}),
             )
             r.cell.seq_len = inputs.seq_len

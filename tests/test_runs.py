@@ -19,7 +19,7 @@ from bench import Job, Launcher, Plan, execute, plan
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.hardware import LAUNCHED_AT_ENV
 from quantmatrix.plan import build_jobs
-from quantmatrix.records import Manifest, Result, read_record, write_record
+from quantmatrix.records import DynamicInt8Load, Manifest, Result, read_record, write_record
 from quantmatrix.spec import load_matrix
 from quantmatrix.store import Store, list_files
 from quantmatrix.summary import compare_runs, headlines, launch_overheads, load_results, render_text, summarise
@@ -252,7 +252,7 @@ def test_summary_groups_rounds_and_reports_speedup(work, monkeypatch):
 def test_torch_int8_recipes_rebuild_from_safetensors_and_run(built, work, variant):
     art = _artefact(work, variant)
     manifest = read_record(Manifest, art / "manifest.json")
-    assert manifest.precision == "int8" and manifest.extra["torch_loader"] == "recipe"
+    assert manifest.precision == "int8" and isinstance(manifest.load, DynamicInt8Load)
     assert manifest.extra["quantized_linear"] > 0
     # No copy and no pickle: the weights are the reference's own safetensors file (in the original store).
     weights = [
