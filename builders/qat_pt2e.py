@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from builders import BuildContext, builder, link_tree
+from builders import BuildContext, builder
 from builders._onnx import encode, graph_logits, load_tokenizer, reference_check
+from builders._recipe import LINK_STEP, link_reference, recipe_manifest
 from builders._training import fine_tune, seed_all
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.metrics import quality
@@ -61,8 +62,7 @@ def build(ctx: BuildContext, params: QatPt2eParams) -> Manifest:
     if ref.manifest.format != "torch":
         raise QuantmatrixError(f"qat-pt2e fine-tunes a torch reference, got {ref.manifest.format!r}")
     seed_all(params.seed)
-    link_tree(ref.path / (ref.manifest.entry or "model"), ctx.out / "model")
-    link_tree(ref.path / (ref.manifest.tokenizer or "tokenizer"), ctx.out / "tokenizer")
+    link_reference(ctx)
     tokenizer = load_tokenizer(ctx.out / "tokenizer")
     names = [t.name for t in ref.manifest.io_inputs]
     train = list(ctx.data.split("train"))
@@ -77,7 +77,7 @@ def build(ctx: BuildContext, params: QatPt2eParams) -> Manifest:
     prepared = prepare_qat(model, {k: torch.from_numpy(example[k]) for k in names})
     dropouts = set_dropout_training(prepared, True)
     steps = [
-        "link: reference model/ (safetensors) and tokenizer/ (hard links, no copy)",
+        LINK_STEP,
         "prepare: torch.export + prepare_qat_pt2e with X86InductorQuantizer (QAT config, fake quant); "
         f"{dropouts} dropout nodes switched to training with the model's own p",
     ]
@@ -104,10 +104,7 @@ def build(ctx: BuildContext, params: QatPt2eParams) -> Manifest:
     steps.append(f"save: trained graph state ({len(state)} tensors) to qat_state.safetensors")
 
     load = Pt2eQatInt8Load(calibration="example.json", state="qat_state.safetensors")
-    manifest = ctx.manifest(
-        format="torch", precision="int8", params=params, entry="model", tokenizer="tokenizer", device="cpu",
-        load=load, extra={"serve": "torch.compile with inductor freezing"},
-    )  # fmt: skip
+    manifest = recipe_manifest(ctx, params, load, device="cpu", extra={"serve": "torch.compile with inductor freezing"})
     converted = rebuild(ctx.out, manifest)  # what the runner does: re-prepare, load state, convert_pt2e
     steps.append("convert: re-prepare the FP32 graph, load the trained state, convert_pt2e")
 

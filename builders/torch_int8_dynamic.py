@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from builders import BuildContext, builder, link_tree
+from builders import BuildContext, builder
 from builders._onnx import load_tokenizer, reference_check
+from builders._recipe import link_reference, recipe_manifest
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.records import DynamicInt8Load, Manifest
 from quantmatrix.torch_recipes import TORCH_AO_DEPRECATION, apply
@@ -34,9 +35,7 @@ def build(ctx: BuildContext, params: TorchInt8DynamicParams) -> Manifest:
     ref = ctx.reference
     if ref.manifest.format != "torch":
         raise QuantmatrixError(f"torch-int8-dynamic quantises a torch reference, got {ref.manifest.format!r}")
-    link_tree(ref.path / (ref.manifest.entry or "model"), ctx.out / "model")
-    link_tree(ref.path / (ref.manifest.tokenizer or "tokenizer"), ctx.out / "tokenizer")
-    steps = ["link: reference model/ (safetensors) and tokenizer/ (hard links, no copy)"]
+    steps = [link_reference(ctx)]
 
     load = DynamicInt8Load(engine=params.engine, keep_fp32=list(params.keep_fp32))
     model = AutoModelForSequenceClassification.from_pretrained(str(ctx.out / "model"), local_files_only=True).eval()
@@ -66,15 +65,4 @@ def build(ctx: BuildContext, params: TorchInt8DynamicParams) -> Manifest:
     }
     if params.engine == "torch.ao":
         extra["deprecation"] = TORCH_AO_DEPRECATION
-    return ctx.manifest(
-        format="torch",
-        precision="int8",
-        params=params,
-        entry="model",
-        tokenizer="tokenizer",
-        device="cpu",
-        steps=steps,
-        metrics=check,
-        load=load,
-        extra=extra,
-    )
+    return recipe_manifest(ctx, params, load, device="cpu", steps=steps, metrics=check, extra=extra)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from builders import BuildContext, builder, link_tree
+from builders import BuildContext, builder
 from builders._onnx import encode, graph_logits, load_tokenizer, reference_check
+from builders._recipe import LINK_STEP, link_reference, recipe_manifest
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.records import Manifest, Pt2eInt8Load
 from quantmatrix.torch_recipes import rebuild
@@ -32,8 +33,7 @@ def build(ctx: BuildContext, params: TorchInt8Pt2eParams) -> Manifest:
     ref = ctx.reference
     if ref.manifest.format != "torch":
         raise QuantmatrixError(f"torch-int8-pt2e quantises a torch reference, got {ref.manifest.format!r}")
-    link_tree(ref.path / (ref.manifest.entry or "model"), ctx.out / "model")
-    link_tree(ref.path / (ref.manifest.tokenizer or "tokenizer"), ctx.out / "tokenizer")
+    link_reference(ctx)
     tokenizer = load_tokenizer(ctx.out / "tokenizer")
     names = [t.name for t in ref.manifest.io_inputs]
     texts = [e.text for e in ctx.data.split("calibration")[: params.calibration_examples]]
@@ -44,10 +44,8 @@ def build(ctx: BuildContext, params: TorchInt8Pt2eParams) -> Manifest:
         enc = encode(tokenizer, texts[i : i + params.calibration_batch_size], ctx.model.max_length)
         calibration.append({k: enc[k].tolist() for k in names})
     (ctx.out / "calibration.json").write_text(json.dumps(calibration), encoding="utf-8")
-    manifest = ctx.manifest(
-        format="torch", precision="int8", params=params, entry="model", tokenizer="tokenizer", device="cpu",
-        load=Pt2eInt8Load(calibration="calibration.json"), extra={"serve": "torch.compile with inductor freezing"},
-    )  # fmt: skip
+    load = Pt2eInt8Load(calibration="calibration.json")
+    manifest = recipe_manifest(ctx, params, load, device="cpu", extra={"serve": "torch.compile with inductor freezing"})
     converted = rebuild(ctx.out, manifest)  # exactly what the runner will do
     q_nodes = sum(1 for n in converted.graph.nodes if "quantize_per_tensor" in str(n.target))
     manifest.metrics = check = reference_check(
@@ -56,7 +54,7 @@ def build(ctx: BuildContext, params: TorchInt8Pt2eParams) -> Manifest:
         params.check_examples,
     )
     manifest.steps = [
-        "link: reference model/ (safetensors) and tokenizer/ (hard links, no copy)",
+        LINK_STEP,
         "export: torch.export (dynamic batch and sequence), called by input name",
         "prepare: prepare_pt2e with X86InductorQuantizer (default static config)",
         f"calibrate: {len(texts)} calibration examples in {len(calibration)} batches (saved as calibration.json)",
