@@ -242,3 +242,19 @@ def test_migrated_v1_records_validate_against_the_exported_schema():
         schema = json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text())
         for path in sorted(V1.glob(f"{name}-v1-*.json")):
             jsonschema.validate(json.loads(read_record(kind, path).model_dump_json()), schema)
+
+
+def test_no_stage_reads_a_records_free_form_extra(repo):
+    """What a later stage needs is a typed field; `extra` (Manifest and Result) is for people only."""
+    import ast
+
+    readers = []
+    for package in ("builders", "runners", "report", "quantmatrix", "bench"):
+        for path in sorted((repo / package).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            readers += [
+                f"{path.relative_to(repo)}:{node.lineno}"
+                for node in ast.walk(tree)
+                if isinstance(node, ast.Attribute) and node.attr == "extra" and isinstance(node.ctx, ast.Load)
+            ]
+    assert not readers, f"reads of a record's .extra: {readers}"
