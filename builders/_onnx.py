@@ -115,6 +115,20 @@ def ort_logits(path: Path, tokenizer: Any, texts: Sequence[str], max_length: int
     return np.concatenate(out).astype(np.float32)
 
 
+def graph_logits(
+    module: Any, tokenizer: Any, names: Sequence[str], texts: Sequence[str], max_length: int, batch_size: int = 32
+) -> np.ndarray:
+    """Logits of a torch module called by input name (a PT2E graph returns a tuple, a HF model an output)."""
+    import torch
+
+    got = []
+    with torch.no_grad():
+        for feed in batches(tokenizer, texts, max_length, batch_size):
+            out = module(**{k: torch.from_numpy(feed[k]) for k in names})
+            got.append((out.logits if hasattr(out, "logits") else out[0]).float().numpy())
+    return np.concatenate(got)
+
+
 def compare(logits: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     """Agreement of a variant's logits with the reference's on the same inputs."""
     if logits.shape != reference.shape:

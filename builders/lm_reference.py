@@ -14,7 +14,7 @@ import numpy as np
 from builders import BuildContext, builder
 from quantmatrix.causal_lm import TorchLM, fixed_prompts, greedy, load_causal_lm, teacher_forced
 from quantmatrix.errors import QuantmatrixError
-from quantmatrix.records import Manifest, TensorSpec
+from quantmatrix.records import DecoderArch, HfLoad, Manifest, TensorSpec
 
 
 @dataclass(frozen=True)
@@ -73,13 +73,16 @@ def build(ctx: BuildContext, params: LmReferenceParams) -> Manifest:
         notes=loaded.notes,
         metrics={"cache_equal": 1.0},
         random_init=loaded.random_init,
+        load=HfLoad(),
+        arch=DecoderArch(
+            n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head, n_positions=cfg.n_positions, vocab_size=vocab
+        ),
+        tokenizer_origin=loaded.tokenizer_label,
         extra={
             "source_used": loaded.source,
-            "tokenizer_origin": loaded.tokenizer_label,
             "dataset": ctx.data.name,
             "dataset_fingerprint": ctx.data.fingerprint,
             "parameters": sum(p.numel() for p in model.parameters()),
-            "arch": {k: int(getattr(cfg, k)) for k in ("n_layer", "n_embd", "n_head", "n_positions", "vocab_size")},
             "generation": vars(gen),
         },
     )

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from builders import BuildContext, builder, link_tree
 from builders._onnx import load_tokenizer, onnx_manifest, save_model, validation_check
 from quantmatrix.errors import QuantmatrixError
-from quantmatrix.records import Manifest
+from quantmatrix.records import DecoderArch, EncoderArch, Manifest
 
 
 @dataclass(frozen=True)
@@ -30,20 +30,21 @@ class OrtInt8DynamicParams:
     check_examples: int = 128
 
 
-def fuse(src: Path, dst: Path, arch: dict[str, Any], model_type: str = "bert") -> list[str]:
+def fuse(src: Path, dst: Path, arch: EncoderArch | DecoderArch | None, model_type: str = "bert") -> list[str]:
     """Transformer fusion with parameters read from the model config; returns the fused op counts."""
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
     from onnxruntime.transformers.optimizer import optimize_model
 
-    if not arch.get("num_attention_heads") or not arch.get("hidden_size"):
+    if not isinstance(arch, EncoderArch):
         raise QuantmatrixError(
-            "fusion needs num_attention_heads and hidden_size in the reference manifest (extra.arch)"
+            f"fusion needs the encoder's num_attention_heads and hidden_size in the reference manifest (arch), "
+            f"found {arch.kind if arch else 'none'}"
         )
     optimized = optimize_model(
         str(src),
         model_type=model_type,
-        num_heads=int(arch["num_attention_heads"]),
-        hidden_size=int(arch["hidden_size"]),
+        num_heads=arch.num_attention_heads,
+        hidden_size=arch.hidden_size,
         opt_level=0,  # python fusions only: the saved graph stays portable across ORT builds
     )
     counts = optimized.get_fused_operator_statistics()
@@ -69,7 +70,7 @@ def build(ctx: BuildContext, params: OrtInt8DynamicParams) -> Manifest:
         model_in = src.file()
         if params.fusion:
             fused = Path(tmp) / "fused.onnx"
-            ops = fuse(model_in, fused, ctx.reference.manifest.extra.get("arch", {}))
+            ops = fuse(model_in, fused, ctx.reference.manifest.arch)
             steps.append(
                 f"fuse: onnxruntime.transformers.optimizer model_type=bert ({', '.join(ops) or 'nothing fused'})"
             )

@@ -208,11 +208,9 @@ def build(ctx: BuildContext, params: OrtInt8MixedParams) -> Manifest:
         "search_f1_ratio": chosen.f1_ratio,
         "search_agreement": chosen.agreement,
     }
-    extra: dict[str, Any] = {
-        "quantizer": "onnxruntime.quantization.quantize_dynamic (nodes_to_quantize)",
-        "search": search.model_dump(mode="json"),
-    }
+    extra: dict[str, Any] = {"quantizer": "onnxruntime.quantization.quantize_dynamic (nodes_to_quantize)"}
     return onnx_manifest(
         ctx, params, model_path, precision="int8", device="cpu", steps=steps, metrics=metrics, extra=extra,
+        search=search,
         notes=[why] + ([] if chosen.passed else ["the kept model does not meet the target on the split"]),
     )  # fmt: skip

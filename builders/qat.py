@@ -9,12 +9,10 @@ INT8 -> check against the reference.
 
 from __future__ import annotations
 
-import math
-import random
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +25,7 @@ from builders._onnx import (
     save_model,
     validation_check,
 )
+from builders._training import fine_tune, seed_all
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.metrics import quality
 from quantmatrix.records import Manifest
@@ -60,14 +59,10 @@ def build(ctx: BuildContext, params: QatParams) -> Manifest:
     from torchao.quantization.qat import IntxFakeQuantizeConfig, QATConfig
     from transformers import AutoModelForSequenceClassification
 
-    from builders.reference import _batches
-
     ref = ctx.reference
     if ref.manifest.format != "torch":
         raise QuantmatrixError(f"qat fine-tunes a torch reference, got {ref.manifest.format!r}")
-    random.seed(params.seed)
-    np.random.seed(params.seed)
-    torch.manual_seed(params.seed)
+    seed_all(params.seed)
     tokenizer = load_tokenizer(ref.path / (ref.manifest.tokenizer or "tokenizer"))
     model = AutoModelForSequenceClassification.from_pretrained(
         str(ref.path / (ref.manifest.entry or "model")), local_files_only=True
@@ -87,24 +82,17 @@ def build(ctx: BuildContext, params: QatParams) -> Manifest:
         train = train[: params.max_train_examples]
     enc = tokenizer([e.text for e in train], truncation=True, max_length=ctx.model.max_length)
     y = torch.tensor([e.label for e in train])
-    rng = random.Random(params.seed)
-    total_steps = max(1, int(params.epochs * math.ceil(len(train) / params.batch_size)))
-    optim = torch.optim.AdamW(model.parameters(), lr=params.learning_rate, weight_decay=0.01)
+
+    def loss_of(idx: list[int]) -> Any:
+        batch = tokenizer.pad({k: [enc[k][i] for i in idx] for k in enc}, return_tensors="pt")
+        return model(**batch, labels=y[idx]).loss
+
     model.train()
-    t0, step, losses = time.perf_counter(), 0, []
-    while step < total_steps:
-        for idx in _batches(len(train), params.batch_size, rng):
-            if step >= total_steps:
-                break
-            batch = tokenizer.pad({k: [enc[k][i] for i in idx] for k in enc}, return_tensors="pt")
-            loss = model(**batch, labels=y[idx]).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optim.step()
-            optim.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            step += 1
-    train_seconds = time.perf_counter() - t0
+    run = fine_tune(
+        model.parameters(), loss_of, len(train),
+        epochs=params.epochs, batch_size=params.batch_size, learning_rate=params.learning_rate, seed=params.seed,
+    )  # fmt: skip
+    step, losses, train_seconds = run.steps, run.losses, run.seconds
     ctx.log(f"  QAT: {step} steps in {train_seconds:.0f}s, final loss {np.mean(losses[-10:]):.4f}")
     steps.append(f"train: {step} steps, batch {params.batch_size}, lr {params.learning_rate}, {train_seconds:.1f}s")
 

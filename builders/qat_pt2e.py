@@ -9,19 +9,18 @@ convert_pt2e (a .pt2 archive would be unpickled at load; this never is) -> check
 from __future__ import annotations
 
 import json
-import math
-import random
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from builders import BuildContext, builder, link_tree
-from builders._onnx import encode, load_tokenizer, reference_check
+from builders import BuildContext, builder
+from builders._onnx import encode, graph_logits, load_tokenizer, reference_check
+from builders._recipe import LINK_STEP, link_reference, recipe_manifest
+from builders._training import fine_tune, seed_all
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.metrics import quality
-from quantmatrix.records import Manifest
+from quantmatrix.records import Manifest, Pt2eQatInt8Load
 from quantmatrix.torch_recipes import prepare_qat, rebuild
 
 
@@ -59,16 +58,11 @@ def build(ctx: BuildContext, params: QatPt2eParams) -> Manifest:
     from safetensors.torch import save_file
     from transformers import AutoModelForSequenceClassification
 
-    from builders.reference import _batches
-
     ref = ctx.reference
     if ref.manifest.format != "torch":
         raise QuantmatrixError(f"qat-pt2e fine-tunes a torch reference, got {ref.manifest.format!r}")
-    random.seed(params.seed)
-    np.random.seed(params.seed)
-    torch.manual_seed(params.seed)
-    link_tree(ref.path / (ref.manifest.entry or "model"), ctx.out / "model")
-    link_tree(ref.path / (ref.manifest.tokenizer or "tokenizer"), ctx.out / "tokenizer")
+    seed_all(params.seed)
+    link_reference(ctx)
     tokenizer = load_tokenizer(ctx.out / "tokenizer")
     names = [t.name for t in ref.manifest.io_inputs]
     train = list(ctx.data.split("train"))
@@ -83,31 +77,24 @@ def build(ctx: BuildContext, params: QatPt2eParams) -> Manifest:
     prepared = prepare_qat(model, {k: torch.from_numpy(example[k]) for k in names})
     dropouts = set_dropout_training(prepared, True)
     steps = [
-        "link: reference model/ (safetensors) and tokenizer/ (hard links, no copy)",
+        LINK_STEP,
         "prepare: torch.export + prepare_qat_pt2e with X86InductorQuantizer (QAT config, fake quant); "
         f"{dropouts} dropout nodes switched to training with the model's own p",
     ]
 
-    rng = random.Random(params.seed)
     y = torch.tensor([e.label for e in train])
-    total_steps = max(1, int(params.epochs * math.ceil(len(train) / params.batch_size)))
-    optim = torch.optim.AdamW(prepared.parameters(), lr=params.learning_rate, weight_decay=0.01)
-    t0, step, losses = time.perf_counter(), 0, []
-    while step < total_steps:
-        for idx in _batches(len(train), params.batch_size, rng):
-            if step >= total_steps:
-                break
-            enc = encode(tokenizer, [train[i].text for i in idx], ctx.model.max_length)
-            out = prepared(**{k: torch.from_numpy(enc[k]) for k in names})
-            logits = out.logits if hasattr(out, "logits") else out[0]
-            loss = torch.nn.functional.cross_entropy(logits, y[idx])
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(prepared.parameters(), 1.0)
-            optim.step()
-            optim.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            step += 1
-    train_seconds = time.perf_counter() - t0
+
+    def loss_of(idx: list[int]) -> Any:
+        enc = encode(tokenizer, [train[i].text for i in idx], ctx.model.max_length)
+        out = prepared(**{k: torch.from_numpy(enc[k]) for k in names})
+        logits = out.logits if hasattr(out, "logits") else out[0]
+        return torch.nn.functional.cross_entropy(logits, y[idx])
+
+    run = fine_tune(
+        prepared.parameters(), loss_of, len(train),
+        epochs=params.epochs, batch_size=params.batch_size, learning_rate=params.learning_rate, seed=params.seed,
+    )  # fmt: skip
+    step, losses, train_seconds = run.steps, run.losses, run.seconds
     ctx.log(f"  QAT (PT2E): {step} steps in {train_seconds:.0f}s, final loss {np.mean(losses[-10:]):.4f}")
     steps.append(f"train: {step} steps, batch {params.batch_size}, lr {params.learning_rate}, {train_seconds:.1f}s")
 
@@ -116,22 +103,13 @@ def build(ctx: BuildContext, params: QatPt2eParams) -> Manifest:
     save_file(state, str(ctx.out / "qat_state.safetensors"))
     steps.append(f"save: trained graph state ({len(state)} tensors) to qat_state.safetensors")
 
-    recipe = {"name": "pt2e-qat-int8", "calibration": "example.json", "state": "qat_state.safetensors"}
-    manifest = ctx.manifest(
-        format="torch", precision="int8", params=params, entry="model", tokenizer="tokenizer", device="cpu",
-        extra={"torch_loader": "recipe", "recipe": recipe, "serve": "torch.compile with inductor freezing"},
-    )  # fmt: skip
+    load = Pt2eQatInt8Load(calibration="example.json", state="qat_state.safetensors")
+    manifest = recipe_manifest(ctx, params, load, device="cpu", extra={"serve": "torch.compile with inductor freezing"})
     converted = rebuild(ctx.out, manifest)  # what the runner does: re-prepare, load state, convert_pt2e
     steps.append("convert: re-prepare the FP32 graph, load the trained state, convert_pt2e")
 
     def logits_of(texts: list[str]) -> np.ndarray:
-        got = []
-        with torch.no_grad():
-            for i in range(0, len(texts), 32):
-                enc = encode(tokenizer, texts[i : i + 32], ctx.model.max_length)
-                out = converted(**{k: torch.from_numpy(enc[k]) for k in names})
-                got.append((out.logits if hasattr(out, "logits") else out[0]).float().numpy())
-        return np.concatenate(got)
+        return graph_logits(converted, tokenizer, names, texts, ctx.model.max_length)
 
     check = reference_check(ctx, logits_of, params.check_examples)
     validation = ctx.data.split("validation")

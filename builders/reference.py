@@ -15,20 +15,15 @@ from typing import Any
 import numpy as np
 
 from builders import BuildContext, builder
+from builders._training import seed_all, shuffled_batches
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.metrics import quality
-from quantmatrix.records import Manifest, TensorSpec
+from quantmatrix.records import EncoderArch, HfLoad, Manifest, TensorSpec
 
 
 @dataclass(frozen=True)
 class ReferenceParams:
     """The reference takes its knobs from the model's `finetune` table; nothing here."""
-
-
-def _batches(n: int, size: int, rng: random.Random) -> list[list[int]]:
-    order = list(range(n))
-    rng.shuffle(order)
-    return [order[i : i + size] for i in range(0, n, size)]
 
 
 def predict_logits(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 64) -> np.ndarray:
@@ -56,9 +51,7 @@ def build(ctx: BuildContext, params: ReferenceParams) -> Manifest:
     ft = ctx.model.finetune
     data = ctx.data
     labels = data.labels
-    random.seed(ft.seed)
-    np.random.seed(ft.seed)
-    torch.manual_seed(ft.seed)
+    seed_all(ft.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     base_dir = ctx.matrix.path.parent
 
@@ -107,7 +100,7 @@ def build(ctx: BuildContext, params: ReferenceParams) -> Manifest:
     step = 0
     losses: list[float] = []
     for epoch in range(epochs_int):
-        for idx in _batches(len(train), ft.batch_size, rng):
+        for idx in shuffled_batches(len(train), ft.batch_size, rng):
             if step >= total_steps:
                 break
             batch = tokenizer.pad({k: [enc[k][i] for i in idx] for k in enc}, return_tensors="pt")
@@ -171,14 +164,17 @@ def build(ctx: BuildContext, params: ReferenceParams) -> Manifest:
         steps=steps,
         metrics=metrics,
         random_init=random_init,
+        load=HfLoad(),
+        arch=EncoderArch(
+            **{
+                k: int(getattr(model.config, k))
+                for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_labels")
+            }
+        ),
         extra={
             "dataset": data.name,
             "dataset_fingerprint": data.fingerprint,
             "parameters": total,
-            "arch": {
-                k: int(getattr(model.config, k))
-                for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_labels")
-            },
             "trainable_parameters": trainable,
             "finetune": vars(ft),
         },

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from builders import BuildContext, builder, link_tree
 from quantmatrix.errors import QuantmatrixError
-from quantmatrix.records import Manifest, TensorSpec
+from quantmatrix.records import EngineTarget, Manifest, TensorSpec
 
 # predict_all scores the test split in batches of 32, so every engine must admit that batch.
 SCORING_BATCH = 32
@@ -231,12 +231,10 @@ def build(ctx: BuildContext, params: TensorrtEngineParams) -> Manifest:
         device="cuda",
         steps=steps,
         notes=["engines run only with the TensorRT version and GPU model they were built with"],
+        engine=EngineTarget(
+            tensorrt_version=trt.__version__, gpu_name=device.name, compute_capability=device.compute_capability
+        ),
         extra={
-            "engine_target": {
-                "tensorrt_version": trt.__version__,
-                "gpu_name": device.name,
-                "compute_capability": device.compute_capability,
-            },
             "driver_version": device.driver_version,
             "build_log": "build.log",
             "profiles": [{"batch": p.batch, "shapes": p.shapes} for p in profiles],

@@ -13,7 +13,7 @@ from typing import Literal
 
 from builders import BuildContext, builder, link_tree
 from quantmatrix.errors import QuantmatrixError
-from quantmatrix.records import Manifest
+from quantmatrix.records import HfLoad, Manifest
 
 PRECISION = {"float16": "fp16", "bfloat16": "bf16"}
 
@@ -67,5 +67,6 @@ def build(ctx: BuildContext, params: TorchHalfParams) -> Manifest:
         device="cuda",
         steps=steps,
         metrics=check,
-        extra={"torch_dtype": params.dtype, "torch_loader": "hf"},
+        load=HfLoad(),
+        extra={"torch_dtype": params.dtype},
     )

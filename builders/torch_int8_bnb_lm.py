@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from builders import BuildContext, builder, link_tree
+from builders import BuildContext, builder
+from builders._recipe import link_reference, recipe_manifest
 from quantmatrix.errors import QuantmatrixError
-from quantmatrix.records import Manifest
+from quantmatrix.records import BnbLlmInt8Load, Manifest
 
 
 @dataclass(frozen=True)
@@ -22,41 +23,35 @@ class TorchInt8BnbLmParams:
 
 @builder("torch-int8-bnb-lm", params=TorchInt8BnbLmParams, output_format="torch", device="cuda")
 def build(ctx: BuildContext, params: TorchInt8BnbLmParams) -> Manifest:
-    from quantmatrix.bnb import RECIPE, int8_modules, load_llm_int8, unavailable
+    from quantmatrix.bnb import int8_modules, load_llm_int8, unavailable
 
     ref = ctx.reference
     if ref.manifest.format != "torch" or ref.manifest.task != "text-generation":
         raise QuantmatrixError("torch-int8-bnb-lm quantises a torch causal-LM reference")
-    recipe = {"name": RECIPE, "threshold": params.threshold}
+    load = BnbLlmInt8Load(threshold=params.threshold)
     if reason := unavailable():
         ctx.log(f"[skip  ] {ctx.variant.name}: {reason}")
         return ctx.manifest(
-            format="torch", precision="int8", params=params, device="cuda", status="skipped", reason=reason
+            format="torch", precision="int8", params=params, device="cuda", status="skipped", reason=reason, load=load
         )
     from builders._onnx_lm import check_torch_lm
     from quantmatrix.causal_lm import TorchLM
 
-    link_tree(ref.path / (ref.manifest.entry or "model"), ctx.out / "model")
-    link_tree(ref.path / (ref.manifest.tokenizer or "tokenizer"), ctx.out / "tokenizer")
-    steps = ["link: reference model/ (safetensors) and tokenizer/ (hard links, no copy)"]
+    steps = [link_reference(ctx)]
     model = load_llm_int8(ctx.out / "model", params.threshold)
     steps.append(
         f"convert: BitsAndBytesConfig(load_in_8bit, threshold {params.threshold}), {int8_modules(model)} 8-bit"
     )
     check, step = check_torch_lm(TorchLM(model, "cuda"), ref.path)
     steps.append(step)
-    return ctx.manifest(
-        format="torch",
-        precision="int8",
-        params=params,
-        entry="model",
-        tokenizer="tokenizer",
+    return recipe_manifest(
+        ctx,
+        params,
+        load,
         device="cuda",
         steps=steps,
         metrics=check,
         extra={
-            "torch_loader": RECIPE,
-            "recipe": recipe,
             "on_disk": "FP32 safetensors; bitsandbytes quantises at load (LLM.int8)",
             "int8_modules": int8_modules(model),
         },

@@ -8,12 +8,13 @@ into the manifest; the torch runner re-applies it at load (quantised modules are
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from builders import BuildContext, builder, link_tree
+from builders import BuildContext, builder
 from builders._onnx import load_tokenizer, reference_check
+from builders._recipe import link_reference, recipe_manifest
 from quantmatrix.errors import QuantmatrixError
-from quantmatrix.records import Manifest
+from quantmatrix.records import DynamicInt8Load, Manifest
 from quantmatrix.torch_recipes import TORCH_AO_DEPRECATION, apply
 
 
@@ -34,15 +35,11 @@ def build(ctx: BuildContext, params: TorchInt8DynamicParams) -> Manifest:
     ref = ctx.reference
     if ref.manifest.format != "torch":
         raise QuantmatrixError(f"torch-int8-dynamic quantises a torch reference, got {ref.manifest.format!r}")
-    link_tree(ref.path / (ref.manifest.entry or "model"), ctx.out / "model")
-    link_tree(ref.path / (ref.manifest.tokenizer or "tokenizer"), ctx.out / "tokenizer")
-    steps = ["link: reference model/ (safetensors) and tokenizer/ (hard links, no copy)"]
+    steps = [link_reference(ctx)]
 
-    recipe: dict[str, Any] = {"name": "dynamic-int8", "engine": params.engine}
-    if params.keep_fp32:
-        recipe["keep_fp32"] = list(params.keep_fp32)
+    load = DynamicInt8Load(engine=params.engine, keep_fp32=list(params.keep_fp32))
     model = AutoModelForSequenceClassification.from_pretrained(str(ctx.out / "model"), local_files_only=True).eval()
-    facts = apply(model, recipe)
+    facts = apply(model, load.as_recipe())
     api = (
         "torch.ao.quantization.quantize_dynamic({nn.Linear}, qint8)"
         if params.engine == "torch.ao"
@@ -60,8 +57,6 @@ def build(ctx: BuildContext, params: TorchInt8DynamicParams) -> Manifest:
     )
     steps.append("save: recipe in manifest (the runner re-applies it to the FP32 safetensors at load)")
     extra = {
-        "torch_loader": "recipe",
-        "recipe": recipe,
         "int8_weight_bytes": facts["int8_weight_bytes"],
         "quantized_linear": facts["quantized_linear"],
         **({"kept_fp32_linear": facts["kept_fp32_linear"]} if params.keep_fp32 else {}),
@@ -70,14 +65,4 @@ def build(ctx: BuildContext, params: TorchInt8DynamicParams) -> Manifest:
     }
     if params.engine == "torch.ao":
         extra["deprecation"] = TORCH_AO_DEPRECATION
-    return ctx.manifest(
-        format="torch",
-        precision="int8",
-        params=params,
-        entry="model",
-        tokenizer="tokenizer",
-        device="cpu",
-        steps=steps,
-        metrics=check,
-        extra=extra,
-    )
+    return recipe_manifest(ctx, params, load, device="cpu", steps=steps, metrics=check, extra=extra)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from builders import BuildContext, builder, link_tree
+from builders import BuildContext, builder
 from builders._onnx_lm import check_torch_lm
+from builders._recipe import link_reference, recipe_manifest
 from quantmatrix.causal_lm import TorchLM, load_lm_with_facts
 from quantmatrix.errors import QuantmatrixError
-from quantmatrix.records import Manifest
+from quantmatrix.records import DynamicInt8LmLoad, Manifest
 from quantmatrix.torch_recipes import TORCH_AO_DEPRECATION
 
 
@@ -28,30 +29,24 @@ def build(ctx: BuildContext, params: TorchInt8DynamicLmParams) -> Manifest:
     ref = ctx.reference
     if ref.manifest.format != "torch" or ref.manifest.task != "text-generation":
         raise QuantmatrixError("torch-int8-dynamic-lm quantises a torch causal-LM reference")
-    link_tree(ref.path / (ref.manifest.entry or "model"), ctx.out / "model")
-    link_tree(ref.path / (ref.manifest.tokenizer or "tokenizer"), ctx.out / "tokenizer")
-    steps = ["link: reference model/ (safetensors) and tokenizer/ (hard links, no copy)"]
-    recipe = {"name": "dynamic-int8-lm"}
-    model, facts = load_lm_with_facts(ctx.out / "model", recipe)
+    steps = [link_reference(ctx)]
+    load = DynamicInt8LmLoad()
+    model, facts = load_lm_with_facts(ctx.out / "model", load.as_recipe())
     steps.append(
         f"prepare+convert: {facts['conv1d_converted']} Conv1D -> nn.Linear, torch.ao.quantization.quantize_dynamic"
         f"({{nn.Linear}}, qint8) on {facts['quantized_linear']} Linear modules"
     )
     check, step = check_torch_lm(TorchLM(model), ref.path)
     steps.append(step)
-    return ctx.manifest(
-        format="torch",
-        precision="int8",
-        params=params,
-        entry="model",
-        tokenizer="tokenizer",
+    return recipe_manifest(
+        ctx,
+        params,
+        load,
         device="cpu",
         steps=steps,
         metrics=check,
         notes=[TORCH_AO_DEPRECATION],
         extra={
-            "torch_loader": "lm-recipe",
-            "recipe": recipe,
             "on_disk": "FP32 safetensors; the INT8 weights exist in memory after the recipe",
             "int8_weight_bytes": facts["int8_weight_bytes"],
             "quantized_linear": facts["quantized_linear"],

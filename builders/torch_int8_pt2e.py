@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-import numpy as np
-
-from builders import BuildContext, builder, link_tree
-from builders._onnx import encode, load_tokenizer
+from builders import BuildContext, builder
+from builders._onnx import encode, graph_logits, load_tokenizer, reference_check
+from builders._recipe import LINK_STEP, link_reference, recipe_manifest
 from quantmatrix.errors import QuantmatrixError
-from quantmatrix.records import Manifest
+from quantmatrix.records import Manifest, Pt2eInt8Load
 from quantmatrix.torch_recipes import rebuild
 
 
@@ -30,13 +29,11 @@ class TorchInt8Pt2eParams:
 
 @builder("torch-int8-pt2e", params=TorchInt8Pt2eParams, output_format="torch")
 def build(ctx: BuildContext, params: TorchInt8Pt2eParams) -> Manifest:
-    import torch
 
     ref = ctx.reference
     if ref.manifest.format != "torch":
         raise QuantmatrixError(f"torch-int8-pt2e quantises a torch reference, got {ref.manifest.format!r}")
-    link_tree(ref.path / (ref.manifest.entry or "model"), ctx.out / "model")
-    link_tree(ref.path / (ref.manifest.tokenizer or "tokenizer"), ctx.out / "tokenizer")
+    link_reference(ctx)
     tokenizer = load_tokenizer(ctx.out / "tokenizer")
     names = [t.name for t in ref.manifest.io_inputs]
     texts = [e.text for e in ctx.data.split("calibration")[: params.calibration_examples]]
@@ -47,33 +44,21 @@ def build(ctx: BuildContext, params: TorchInt8Pt2eParams) -> Manifest:
         enc = encode(tokenizer, texts[i : i + params.calibration_batch_size], ctx.model.max_length)
         calibration.append({k: enc[k].tolist() for k in names})
     (ctx.out / "calibration.json").write_text(json.dumps(calibration), encoding="utf-8")
-    recipe = {"name": "pt2e-int8", "calibration": "calibration.json"}
-    manifest = ctx.manifest(
-        format="torch", precision="int8", params=params, entry="model", tokenizer="tokenizer", device="cpu",
-        extra={"torch_loader": "recipe", "recipe": recipe, "serve": "torch.compile with inductor freezing"},
-    )  # fmt: skip
+    load = Pt2eInt8Load(calibration="calibration.json")
+    manifest = recipe_manifest(ctx, params, load, device="cpu", extra={"serve": "torch.compile with inductor freezing"})
     converted = rebuild(ctx.out, manifest)  # exactly what the runner will do
     q_nodes = sum(1 for n in converted.graph.nodes if "quantize_per_tensor" in str(n.target))
-    check_texts = [e.text for e in ctx.data.split("test")[: params.check_examples]]
-    logits = []
-    with torch.no_grad():
-        for i in range(0, len(check_texts), 32):
-            enc = encode(tokenizer, check_texts[i : i + 32], ctx.model.max_length)
-            out = converted(**{k: torch.from_numpy(enc[k]) for k in names})
-            logits.append((out.logits if hasattr(out, "logits") else out[0]).float().numpy())
-    got = np.concatenate(logits)
-    ref_logits = np.load(ref.path / "eval" / "test_logits.npy", allow_pickle=False)[: len(check_texts)]
-    manifest.metrics = {
-        "check_examples": len(check_texts),
-        "check_top1_agreement": round(float((got.argmax(-1) == ref_logits.argmax(-1)).mean()), 6),
-        "check_max_abs_logit_diff": round(float(np.abs(got - ref_logits).max()), 6),
-    }
+    manifest.metrics = check = reference_check(
+        ctx,
+        lambda texts: graph_logits(converted, tokenizer, names, texts, ctx.model.max_length),
+        params.check_examples,
+    )
     manifest.steps = [
-        "link: reference model/ (safetensors) and tokenizer/ (hard links, no copy)",
+        LINK_STEP,
         "export: torch.export (dynamic batch and sequence), called by input name",
         "prepare: prepare_pt2e with X86InductorQuantizer (default static config)",
         f"calibrate: {len(texts)} calibration examples in {len(calibration)} batches (saved as calibration.json)",
         f"convert: convert_pt2e ({q_nodes} quantize nodes)",
-        f"check: top-1 agreement {manifest.metrics['check_top1_agreement']:.3f} on {len(check_texts)} test examples",
+        f"check: top-1 agreement {check['check_top1_agreement']:.3f} on {check['check_examples']} test examples",
     ]
     return manifest

@@ -6,7 +6,7 @@ and cached jobs skipped — without importing torch or any builder.
 
 from __future__ import annotations
 
-import re
+import ast
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,10 +20,6 @@ REFERENCE = "reference"
 REFERENCE_BUILDERS = {"text-classification": "reference", "text-generation": "lm-reference"}
 GENERATION = "text-generation"
 CACHE_MODES = ("kv-cache", "no-cache")
-
-
-# `from builders._onnx import ...`, `from quantmatrix.torch_recipes import ...`, `import builders.reference`
-_IMPORTS = re.compile(r"^\s*(?:from|import)\s+(builders|quantmatrix)\.(\w+)", re.MULTILINE)
 
 
 def builder_module(builder: str, root: Path = REPO_ROOT) -> Path:
@@ -44,22 +40,82 @@ class BuildJob:
         return f"build {self.model}/{self.variant}"
 
 
-# Record types, not build code: a new optional field changes no artefact, and a manifest an older
-# builder wrote still loads (or fails its schema check, which rebuilds it). Hashing them made every
-# additive schema change rebuild every artefact, the fine-tuned reference included.
-_CONTRACTS = {("quantmatrix", "records"), ("quantmatrix", "errors")}
+# Repo modules that are not build code: neither hashed into artefact keys nor followed for imports.
+_NOT_BUILD_CODE = {
+    # Record types: a new optional field changes no artefact, and a manifest an older builder wrote
+    # still loads (migrated at load time, or fails its schema check, which rebuilds it). Hashing them
+    # made every additive schema change rebuild every artefact, the fine-tuned reference included.
+    "quantmatrix.records",
+    "quantmatrix.errors",
+    # The matrix, the plan and the store turn config into keys and typed params; everything they hand
+    # a builder (variant params, model identity, dataset spec, input keys) is hashed into the key by
+    # value, so their code would only rebuild every artefact on a refactor.
+    "quantmatrix.spec",
+    "quantmatrix.plan",
+    "quantmatrix.store",
+    # The environment fingerprint a manifest records; it never changes what a builder writes.
+    "quantmatrix.hardware",
+}
+# Hashed for every builder: the framework it runs in and the loaders behind every context.
+_FRAMEWORK = ("builders", "quantmatrix.hf", "quantmatrix.data")
 
 
-def _code_version(builder: str, root: Path) -> str:
+def _module_file(root: Path, name: str) -> Path | None:
+    base = root.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imported_names(path: Path, name: str) -> set[str]:
+    """Every dotted name `path` (module `name`) imports, anywhere in it (lazy imports in functions too).
+
+    `from a import b` yields `a` and `a.b`: b may be a submodule; names that are no module drop out later.
+    """
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            parts = package.split(".")
+            base = ".".join(parts[: len(parts) - node.level + 1]) if node.level else ""
+            module = ".".join(p for p in (base, node.module or "") if p)
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def build_code(builder: str, root: Path = REPO_ROOT) -> list[Path]:
+    """The source files an artefact key hashes for `builder`: its module and every repo module it
+    imports, transitively (a helper's helper too), by static analysis, less `_NOT_BUILD_CODE`.
+
+    Importing `a.b.c` runs `a` and `a.b` first, so package `__init__`s count. Modules a builder does
+    not import (another builder's helpers) stay out, so editing them rebuilds nothing here.
+    """
     module = builder_module(builder, root)
     if not module.is_file():
         raise SpecError(f"builder {builder!r}: no module {module.relative_to(root)}")
-    # The builder's module, the framework every builder runs in, and the project modules it
-    # imports (so editing one builder's helpers never invalidates another builder's artefacts).
-    shared = [root / "builders" / "__init__.py", root / "quantmatrix" / "hf.py", root / "quantmatrix" / "data.py"]
-    imported = _IMPORTS.findall(module.read_text(encoding="utf-8"))
-    shared += [root / package / f"{name}.py" for package, name in imported if (package, name) not in _CONTRACTS]
-    return code_digest(dict.fromkeys(p for p in [module, *shared] if p.is_file()))
+    packages = {p.name for p in root.iterdir() if (p / "__init__.py").is_file()}
+    todo = [f"builders.{module.stem}", *_FRAMEWORK]
+    found: dict[str, Path] = {}
+    while todo:
+        name = todo.pop()
+        if name in found or name in _NOT_BUILD_CODE or name.split(".")[0] not in packages:
+            continue
+        path = _module_file(root, name)
+        if path is None:  # a class or function imported from a module, not a module
+            continue
+        found[name] = path
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
+        todo += _imported_names(path, name)
+    return sorted(set(found.values()))
+
+
+def _code_version(builder: str, root: Path) -> str:
+    return code_digest(build_code(builder, root))
 
 
 def reference_builder(model: ModelSpec) -> str:

@@ -11,14 +11,14 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from quantmatrix.capabilities import Capability
 from quantmatrix.errors import RecordError
 
-MANIFEST_VERSION: Literal[1] = 1
+MANIFEST_VERSION: Literal[2] = 2
 RESULT_VERSION: Literal[2] = 2
 PREDICTION_VERSION: Literal[1] = 1
 ANALYSIS_VERSION: Literal[1] = 1
@@ -70,10 +70,109 @@ class Fingerprint(Record):
     runtime: Literal["docker", "venv", "local"] = "local"
 
 
-class Manifest(Record):
-    """What a builder produced: `artifacts/<key>/manifest.json`."""
+# -- How a runner loads a torch artefact: one typed recipe per way, told apart by `kind` ------------------
+# Quantised torch modules have no safe serialisation, so a torch artefact holds safetensors and the
+# recipe that rebuilds the module from them at load time (quantmatrix.torch_recipes, causal_lm, bnb).
 
-    schema_version: Literal[1] = MANIFEST_VERSION
+
+class LoadRecipe(Record):
+    """Shared by every load recipe: `as_recipe()` is the recipe as the rebuild functions and results name it."""
+
+    kind: str
+
+    def as_recipe(self) -> dict[str, Any]:
+        return {"name": self.kind, **self.model_dump(mode="json", exclude={"kind"}, exclude_defaults=True)}
+
+
+class HfLoad(LoadRecipe):
+    """A Hugging Face safetensors directory, loaded as saved (FP32 reference, FP16/BF16 casts)."""
+
+    kind: Literal["hf"] = "hf"
+
+
+class DynamicInt8Load(LoadRecipe):
+    """Classifier: every nn.Linear (but `keep_fp32`) quantised to dynamic INT8 after loading the FP32 weights."""
+
+    kind: Literal["dynamic-int8"] = "dynamic-int8"
+    engine: Literal["torch.ao", "torchao"]
+    keep_fp32: list[str] = Field(default_factory=list, description="module paths left FP32")
+
+
+class Pt2eInt8Load(LoadRecipe):
+    """Classifier: static PT2E INT8, re-calibrated at load on the saved calibration batches (deterministic)."""
+
+    kind: Literal["pt2e-int8"] = "pt2e-int8"
+    calibration: str = Field(description="tokenised calibration batches (JSON), relative to the artefact")
+
+
+class Pt2eQatInt8Load(LoadRecipe):
+    """Classifier: PT2E QAT, re-prepared at load, its trained state loaded, then converted."""
+
+    kind: Literal["pt2e-qat-int8"] = "pt2e-qat-int8"
+    calibration: str = Field(description="an example batch (JSON) for the export, relative to the artefact")
+    state: str = Field(description="the trained prepared graph's state (safetensors), relative to the artefact")
+
+
+class DynamicInt8LmLoad(LoadRecipe):
+    """Causal LM: GPT-2's Conv1D turned into Linear, then every Linear dynamic INT8."""
+
+    kind: Literal["dynamic-int8-lm"] = "dynamic-int8-lm"
+
+
+class BnbLlmInt8Load(LoadRecipe):
+    """Causal LM: bitsandbytes LLM.int8 applied while loading the FP32 weights onto the GPU."""
+
+    kind: Literal["bnb-llm-int8"] = "bnb-llm-int8"
+    threshold: float = Field(description="outlier threshold: activations above it stay FP16")
+
+
+TorchLoad = Annotated[
+    HfLoad | DynamicInt8Load | Pt2eInt8Load | Pt2eQatInt8Load | DynamicInt8LmLoad | BnbLlmInt8Load,
+    Field(discriminator="kind"),
+]
+
+
+class EncoderArch(Record):
+    """A BERT-style classifier's shape, from its config: read by fusion and by the operation count."""
+
+    kind: Literal["encoder"] = "encoder"
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_labels: int
+
+
+class DecoderArch(Record):
+    """A GPT-2-style causal LM's shape, from its config."""
+
+    kind: Literal["decoder"] = "decoder"
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_positions: int
+    vocab_size: int
+
+
+ModelArch = Annotated[EncoderArch | DecoderArch, Field(discriminator="kind")]
+
+
+class EngineTarget(Record):
+    """What a TensorRT engine is tied to: it runs only with the TensorRT version and GPU it was built with."""
+
+    tensorrt_version: str | None = None
+    gpu_name: str | None = None
+    compute_capability: str | None = None
+
+
+class Manifest(Record):
+    """What a builder produced: `artifacts/<key>/manifest.json`.
+
+    What a later stage reads is a typed field; `extra` holds facts for people only (tools used, op
+    counts, tracebacks) and no stage may depend on it.
+    """
+
+    schema_version: Literal[2] = MANIFEST_VERSION
     key: str
     builder: str
     variant: str
@@ -94,12 +193,25 @@ class Manifest(Record):
     steps: list[str] = Field(default_factory=list, description="prepare/calibrate/train/convert... in order")
     notes: list[str] = Field(default_factory=list, description="deprecations, caveats")
     metrics: dict[str, float] = Field(default_factory=dict)
-    extra: dict[str, Any] = Field(default_factory=dict)
+    load: TorchLoad | None = Field(None, description="torch artefacts: how a runner rebuilds the module")
+    arch: ModelArch | None = Field(None, description="references: the model's shape, from its config")
+    search: MixedPrecisionSearch | None = Field(None, description="mixed-precision artefacts: the layer search")
+    engine: EngineTarget | None = Field(None, description="TensorRT engines: the TensorRT and GPU built for")
+    tokenizer_origin: str | None = Field(None, description="where the tokenizer came from, when not the model's own")
+    extra: dict[str, Any] = Field(default_factory=dict, description="free-form facts for people; nothing reads it")
     random_init: bool = False
     environment: Fingerprint | None = None
     status: Status = "ok"
     reason: str | None = None
     created: str
+
+    @model_validator(mode="after")
+    def _torch_artefacts_name_their_load(self) -> Manifest:
+        if self.status == "ok" and (self.format == "torch") != (self.load is not None):
+            raise ValueError(
+                f"format {self.format!r}: a torch artefact needs `load` (how to rebuild it) and only a torch one has it"
+            )
+        return self
 
 
 class Latency(Record):
@@ -403,7 +515,10 @@ class Result(Record):
         None, description="mixed-precision artefacts: how their FP32 layers were chosen (from the manifest)"
     )
     random_init: bool = False
-    extra: dict[str, Any] = Field(default_factory=dict)
+    quality_eval: str | None = Field(None, description="how `quality` was scored (lengths, batch size)")
+    reference_macro_f1: float | None = Field(None, description="the FP32 reference's macro-F1 on the same examples")
+    timed_batches: int | None = Field(None, description="distinct input batches the timed loop cycled through")
+    extra: dict[str, Any] = Field(default_factory=dict, description="free-form notes for people; nothing reads it")
     started: str
     finished: str
 
@@ -516,8 +631,44 @@ def write_record(record: Record, path: Path) -> None:
     atomic_write_text(path, record.model_dump_json(indent=2) + "\n")
 
 
-def migrate_result_v1(data: dict[str, Any]) -> dict[str, Any]:
-    """Result schema 1 -> 2: add `capabilities`, which version 1 did not record.
+# -- Migrations: version N's dict -> version N+1's, applied in turn at load time ----------------------------
+# Records written before a schema change still load; a migration is code, never a hand edit of old files.
+
+# Version 1 carried these in the free-form `extra` dict; version 2 gives them typed fields.
+_V1_ARCH_KINDS = {"hidden_size": "encoder", "n_layer": "decoder"}
+
+
+def _v1_load(data: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any] | None:
+    """Version 1's `extra.torch_loader` + `extra.recipe` as a typed load recipe (torch artefacts only)."""
+    loader = extra.pop("torch_loader", "hf")
+    recipe = extra.pop("recipe", None)
+    if data.get("format") != "torch" or data.get("status", "ok") != "ok":
+        return None
+    if loader == "hf":
+        return {"kind": "hf"}
+    if loader in ("recipe", "lm-recipe", "bnb-llm-int8") and isinstance(recipe, dict) and "name" in recipe:
+        return {"kind": recipe["name"], **{k: v for k, v in recipe.items() if k != "name"}}
+    raise ValueError(f"extra.torch_loader {loader!r} with extra.recipe {recipe!r} names no known load recipe")
+
+
+def _manifest_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    extra = dict(data.get("extra") or {})
+    out = {**data, "schema_version": 2, "load": _v1_load(data, extra)}
+    arch = extra.pop("arch", None)
+    if isinstance(arch, dict):
+        kinds = [kind for field, kind in _V1_ARCH_KINDS.items() if field in arch]
+        out["arch"] = {"kind": kinds[0], **arch} if kinds else None
+        if not kinds:
+            raise ValueError(f"extra.arch {sorted(arch)} is neither an encoder's nor a decoder's shape")
+    out["search"] = extra.pop("search", None)
+    out["engine"] = extra.pop("engine_target", None)
+    out["tokenizer_origin"] = extra.pop("tokenizer_origin", None)
+    out["extra"] = extra
+    return out
+
+
+def _v1_capabilities(data: dict[str, Any]) -> list[str]:
+    """Result schema 1 -> 2: the `capabilities` version 1 did not record.
 
     This migration is the one place that maps backend names to capabilities, and only for results
     written before backends declared them: each old cell is classified exactly as the code that wrote it
@@ -531,28 +682,49 @@ def migrate_result_v1(data: dict[str, Any]) -> dict[str, Any]:
         "onnxruntime": [Capability.SCORES_QUALITY, Capability.GENERATES],
     }
     capabilities = by_name.get(str(backend), [Capability.SCORES_QUALITY])
-    return {**data, "schema_version": 2, "capabilities": [c.value for c in capabilities]}
+    return [c.value for c in capabilities]
 
 
-# (record class, older schema_version) -> a function returning the data at the next version.
-_MIGRATIONS: dict[tuple[type[Record], int], Callable[[dict[str, Any]], dict[str, Any]]] = {
-    (Result, 1): migrate_result_v1
+def _result_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    extra = dict(data.get("extra") or {})
+    moved = {k: extra.pop(k, None) for k in ("quality_eval", "reference_macro_f1", "timed_batches")}
+    return {**data, **moved, "schema_version": 2, "extra": extra, "capabilities": _v1_capabilities(data)}
+
+
+_MIGRATIONS: dict[type[Record], dict[int, Callable[[dict[str, Any]], dict[str, Any]]]] = {
+    Manifest: {1: _manifest_v1_to_v2},
+    Result: {1: _result_v1_to_v2},
 }
 
 
+def migrate(kind: type[Record], data: dict[str, Any], source: str) -> dict[str, Any]:
+    """`data` brought up to `kind`'s current schema version, one migration at a time."""
+    steps = _MIGRATIONS.get(kind, {})
+    version = data.get("schema_version")
+    while isinstance(version, int) and version in steps:
+        try:
+            data = steps[version](data)
+        except (ValueError, TypeError, AttributeError) as e:
+            raise RecordError(f"{source}: cannot migrate {kind.__name__} schema_version {version}: {e}") from None
+        version = data["schema_version"]
+    return data
+
+
 def parse_record(kind: type[R], data: Any, source: str) -> R:
-    """Validate `data` as `kind`, older versions migrated; unknown versions and fields give one line naming `source`."""
+    """Validate `data` as `kind`; unknown versions and fields give one line naming `source`.
+
+    Older versions with a migration are upgraded first (`migrate`).
+    """
     if not isinstance(data, dict):
         raise RecordError(f"{source}: expected a JSON object, got {type(data).__name__}")
+    data = migrate(kind, data, source)
     version = data.get("schema_version")
     expected = _VERSIONS[kind]
-    while isinstance(version, int) and (kind, version) in _MIGRATIONS:
-        data = _MIGRATIONS[(kind, version)](data)
-        version = data.get("schema_version")
+    older = _MIGRATIONS.get(kind, {})
     if version != expected:
         raise RecordError(
             f"{source}: unsupported {kind.__name__} schema_version {version!r}; this quantmatrix reads "
-            f"version {expected}"
+            f"version {expected}" + (f" and migrates {', '.join(map(str, sorted(older)))}" if older else "")
         )
     try:
         return kind.model_validate(data)

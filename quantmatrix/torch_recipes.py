@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from quantmatrix.errors import ArtifactError
-from quantmatrix.records import Manifest
+from quantmatrix.records import DynamicInt8Load, Manifest, Pt2eInt8Load, Pt2eQatInt8Load
+
+# The load recipes `rebuild` applies to a sequence classifier's FP32 weights.
+CLASSIFIER_RECIPES = (DynamicInt8Load, Pt2eInt8Load, Pt2eQatInt8Load)
 
 # torch.ao.quantization is deprecated in favour of torchao; the manifest says so.
 TORCH_AO_DEPRECATION = (
@@ -149,12 +152,13 @@ def apply(model: Any, recipe: dict[str, Any]) -> dict[str, Any]:
 
 
 def rebuild(path: Path, manifest: Manifest) -> Any:
-    """The quantised module for an artefact whose manifest has `extra.torch_loader == "recipe"`."""
+    """The quantised module for an artefact whose manifest's `load` is one of CLASSIFIER_RECIPES."""
     from transformers import AutoModelForSequenceClassification
 
-    recipe = manifest.extra.get("recipe")
-    if not isinstance(recipe, dict):
-        raise ArtifactError(f"artefact {manifest.key}: manifest extra.recipe is missing")
+    if not isinstance(manifest.load, CLASSIFIER_RECIPES):
+        kind = manifest.load.kind if manifest.load else None
+        raise ArtifactError(f"artefact {manifest.key}: manifest load {kind!r} is no classifier quantisation recipe")
+    recipe = manifest.load.as_recipe()
     model = AutoModelForSequenceClassification.from_pretrained(
         str(path / (manifest.entry or "model")),
         local_files_only=True,

@@ -159,7 +159,7 @@ def ptq_vs_qat(loaded: Loaded, pass_ratio: float = 0.99) -> list[Comparison]:
         ref_f1 = fp32["macro_f1"] if fp32 else None
         if ref_f1 is None:  # another backend's FP32: the reference macro-F1 every run records
             r0 = items[0][1]
-            ref_f1 = r0.extra.get("reference_macro_f1")
+            ref_f1 = r0.reference_macro_f1
         for x in rows:
             x["ratio"] = x["macro_f1"] / ref_f1 if ref_f1 else None
         qat = [x for x in rows if x["role"] == "QAT"]

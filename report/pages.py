@@ -218,7 +218,7 @@ def quality(ctx: Context) -> dict[str, Any] | None:
             peak = max((v for row in q.confusion for v in row), default=0) or 1
             shades = [[round(v / peak, 3) for v in row] for row in q.confusion]
             entries.append(rec | {"q": q, "labels": labels, "shades": shades, "raw": ctx.link(found[0]),
-                                  "eval": found[1].extra.get("quality_eval")})  # fmt: skip
+                                  "eval": found[1].quality_eval})  # fmt: skip
         if entries:
             sections.append({"model": model, "machine": machine, "entries": entries})
     return {"sections": sections} if sections else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from quantmatrix.causal_lm import Stepper, TorchLM, load_lm
+from quantmatrix.records import BnbLlmInt8Load, DynamicInt8LmLoad, HfLoad
 from runners import LoadRequest, Skip
 
 
@@ -27,13 +28,13 @@ def load_torch_lm(request: LoadRequest) -> tuple[Stepper, dict[str, Any]]:
         raise Skip("generation is measured in eager mode only (torch.compile of a growing KV cache is not set up)")
     if request.manifest.entry and request.manifest.entry.endswith(".pt2"):
         raise Skip(f"{request.manifest.entry}: torch.export archives are not loaded (they contain pickles)")
-    loader = request.manifest.extra.get("torch_loader", "hf")
-    if loader == "bnb-llm-int8":
-        return _bnb(request)
-    if loader not in ("hf", "lm-recipe"):
-        raise Skip(f"torch loader {loader!r} does not build a causal LM")
+    load = request.manifest.load
+    if isinstance(load, BnbLlmInt8Load):
+        return _bnb(request, load)
+    if not isinstance(load, HfLoad | DynamicInt8LmLoad):
+        raise Skip(f"load recipe {load.kind if load else None!r} does not build a causal LM")
     torch.set_num_threads(request.threads)
-    recipe = request.manifest.extra.get("recipe") if loader == "lm-recipe" else None
+    recipe = load.as_recipe() if isinstance(load, DynamicInt8LmLoad) else None
     model = load_lm(request.path / (request.manifest.entry or "model"), recipe).to(request.device)
     if p.dtype != "auto":
         model = model.to(getattr(torch, p.dtype))
@@ -46,7 +47,7 @@ def load_torch_lm(request: LoadRequest) -> tuple[Stepper, dict[str, Any]]:
     }
 
 
-def _bnb(request: LoadRequest) -> tuple[Stepper, dict[str, Any]]:
+def _bnb(request: LoadRequest, load: BnbLlmInt8Load) -> tuple[Stepper, dict[str, Any]]:
     """bitsandbytes LLM.int8: the load quantises, on the GPU (the model is never moved after it)."""
     import torch
 
@@ -56,8 +57,8 @@ def _bnb(request: LoadRequest) -> tuple[Stepper, dict[str, Any]]:
         raise Skip("bitsandbytes LLM.int8 runs on CUDA only")
     if reason := unavailable():
         raise Skip(reason)
-    recipe = request.manifest.extra.get("recipe") or {}
-    model = load_llm_int8(request.path / (request.manifest.entry or "model"), float(recipe.get("threshold", 6.0)))
+    recipe = load.as_recipe()
+    model = load_llm_int8(request.path / (request.manifest.entry or "model"), load.threshold)
     return TorchLM(model, "cuda"), {
         "compile": False,
         "dtype": "int8 (LLM.int8, FP16 outliers)",

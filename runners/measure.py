@@ -17,7 +17,7 @@ import numpy as np
 from quantmatrix.hardware import cpu_busy_seconds, memory_bandwidth_forked_gbs, speed_probe_per_cpu_ms
 from quantmatrix.inputs import encode, natural_batches
 from quantmatrix.metrics import percentile_summary
-from quantmatrix.records import Agreement, Latency, Quality
+from quantmatrix.records import Agreement, DecoderArch, EncoderArch, Latency, Quality
 from quantmatrix.spec import MeasureSpec, Thresholds
 
 Batch = Mapping[str, np.ndarray]
@@ -155,14 +155,11 @@ def verdict(quality: Quality, agreement: Agreement, reference: Quality, threshol
     return "drift"
 
 
-def encoder_ops(arch: Mapping[str, int], batch: int, seq: float) -> float:
-    """Counted operations (2 per multiply-accumulate) of one BERT-style encoder forward pass."""
-    h, inter, layers, labels = (
-        arch["hidden_size"],
-        arch["intermediate_size"],
-        arch["num_hidden_layers"],
-        arch["num_labels"],
-    )
+def encoder_ops(arch: EncoderArch | DecoderArch, batch: int, seq: float) -> float | None:
+    """Counted operations (2 per multiply-accumulate) of one BERT-style encoder forward pass; None for others."""
+    if not isinstance(arch, EncoderArch):
+        return None
+    h, inter, layers, labels = arch.hidden_size, arch.intermediate_size, arch.num_hidden_layers, arch.num_labels
     tokens = batch * seq
     dense = 4 * h * h + 2 * h * inter  # Q, K, V, O projections + FFN in/out, per token
     attention = 2 * seq * h  # QK^T and AV, per token

@@ -11,7 +11,7 @@ import builders
 import runners
 from builders._onnx import encode, load_tokenizer
 from quantmatrix.plan import build_jobs
-from quantmatrix.records import Manifest, Result, read_record
+from quantmatrix.records import Manifest, Pt2eInt8Load, Result, read_record
 from quantmatrix.spec import load_matrix
 from quantmatrix.store import Store
 from quantmatrix.torch_recipes import rebuild
@@ -86,7 +86,7 @@ def test_pt2e_artefact_is_weights_plus_calibration_and_rebuilds_deterministicall
     _matrix, st, keys, _ = store
     path = st.path(keys["torch-int8-pt2e"])
     manifest = read_record(Manifest, path / "manifest.json")
-    assert manifest.precision == "int8" and manifest.extra["recipe"]["name"] == "pt2e-int8"
+    assert manifest.precision == "int8" and manifest.load == Pt2eInt8Load(calibration="calibration.json")
     assert [s.split(":")[0] for s in manifest.steps] == ["link", "export", "prepare", "calibrate", "convert", "check"]
     calibration = json.loads((path / "calibration.json").read_text())
     assert sum(len(b["input_ids"]) for b in calibration) == 64

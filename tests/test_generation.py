@@ -19,7 +19,7 @@ from bench import plan
 from quantmatrix.causal_lm import OrtLM, TorchLM, fixed_prompts, greedy, offline_tokenizer
 from quantmatrix.errors import SpecError
 from quantmatrix.plan import build_jobs
-from quantmatrix.records import Manifest, Result, read_record, write_record
+from quantmatrix.records import DecoderArch, HfLoad, Manifest, Result, read_record, write_record
 from quantmatrix.spec import load_matrix
 from quantmatrix.store import Store, list_files
 from runners.job import RunJob
@@ -134,7 +134,8 @@ def _ort(path: Path) -> OrtLM:
 def test_reference_falls_back_to_labelled_random_init(lm_built):
     ref = read_record(Manifest, _artefact(lm_built, "reference") / "manifest.json")
     assert ref.builder == "lm-reference" and ref.task == "text-generation" and ref.random_init
-    assert ref.extra["source_used"] == "random:gpt2-tiny" and "not GPT-2's tokenizer" in ref.extra["tokenizer_origin"]
+    assert ref.extra["source_used"] == "random:gpt2-tiny" and "not GPT-2's tokenizer" in (ref.tokenizer_origin or "")
+    assert isinstance(ref.load, HfLoad) and isinstance(ref.arch, DecoderArch) and ref.arch.n_layer == 2
     assert any("hf:no-such-dir/distilgpt2 unavailable" in n for n in ref.notes)
 
 

@@ -18,10 +18,9 @@ from builders import link_tree
 from builders.tensorrt_engine import SCORING_BATCH, profile_shapes, qdq_problems
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.gpu import cuda_error_reason, missing_module, probe_cuda
-from quantmatrix.records import Result, read_record
+from quantmatrix.records import EngineTarget, Result, read_record
 from runners.backends.tensorrt import (
     EngineError,
-    EngineTarget,
     EngineTensor,
     ProfileRange,
     bind_inputs,
@@ -164,12 +163,14 @@ def test_output_shape_must_be_batch_by_labels() -> None:
 
 
 def test_engine_for_another_gpu_or_tensorrt_is_a_clear_rebuild() -> None:
-    h100 = EngineTarget("10.16.1.11", "NVIDIA H100 80GB HBM3", "9.0")
+    h100 = EngineTarget(tensorrt_version="10.16.1.11", gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0")
     assert engine_mismatch(h100, h100) is None
-    reason = engine_mismatch(h100, EngineTarget("10.16.1.11", "NVIDIA A100-SXM4-80GB", "8.0"))
+    reason = engine_mismatch(
+        h100, EngineTarget(tensorrt_version="10.16.1.11", gpu_name="NVIDIA A100-SXM4-80GB", compute_capability="8.0")
+    )
     assert reason is not None
     assert "compute capability 9.0 (this GPU: 8.0)" in reason and "rebuild" in reason
-    reason = engine_mismatch(h100, EngineTarget("10.13.0.35", "NVIDIA H100 80GB HBM3", "9.0"))
+    reason = engine_mismatch(h100, h100.model_copy(update={"tensorrt_version": "10.13.0.35"}))
     assert reason is not None and reason.startswith("engine built for TensorRT 10.16.1.11 (this machine: 10.13.0.35)")
 
 

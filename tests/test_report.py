@@ -179,6 +179,18 @@ def test_invalid_files_are_listed_and_the_rest_renders(results, tmp_path):
     assert "<td>ort-int8-dynamic</td>" in html
 
 
+def test_results_written_by_schema_version_1_render_beside_new_ones(results, tmp_path):
+    mixed = tmp_path / "mixed"
+    shutil.copytree(results, mixed)
+    # A real version-1 result (torch-int8-dynamic on torch-eager, written before the typed result fields).
+    shutil.copy(Path(__file__).parent / "fixtures" / "v1" / "result-v1-classifier.json", mixed / "r" / "old.json")
+    index, log = _render([mixed], tmp_path / "site")
+    assert "Invalid result files" not in index.read_text(encoding="utf-8"), log
+    quality = (index.parent / "quality.html").read_text(encoding="utf-8")
+    old = [line for line in quality.splitlines() if "torch-int8-dynamic @ torch-eager" in line]
+    assert old and "(natural length, batch 32)" in old[0]  # the migrated quality_eval, shown as before
+
+
 def test_two_machines_merge_into_one_comparison(results, tmp_path):
     other = _second_machine(results, tmp_path / "other")
     index, _ = _render([results, other], tmp_path / "site", fallbacks=False)

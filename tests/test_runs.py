@@ -19,7 +19,7 @@ from bench import Job, Launcher, Plan, execute, plan
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.hardware import LAUNCHED_AT_ENV
 from quantmatrix.plan import build_jobs
-from quantmatrix.records import Manifest, Result, read_record, write_record
+from quantmatrix.records import DynamicInt8Load, Manifest, Result, read_record, write_record
 from quantmatrix.spec import load_matrix
 from quantmatrix.store import Store, list_files
 from quantmatrix.summary import compare_runs, headlines, launch_overheads, load_results, render_text, summarise
@@ -253,7 +253,7 @@ def test_summary_groups_rounds_and_reports_speedup(work, monkeypatch):
 def test_torch_int8_recipes_rebuild_from_safetensors_and_run(built, work, variant):
     art = _artefact(work, variant)
     manifest = read_record(Manifest, art / "manifest.json")
-    assert manifest.precision == "int8" and manifest.extra["torch_loader"] == "recipe"
+    assert manifest.precision == "int8" and isinstance(manifest.load, DynamicInt8Load)
     assert manifest.extra["quantized_linear"] > 0
     # No copy and no pickle: the weights are the reference's own safetensors file (in the original store).
     weights = [
@@ -268,3 +268,21 @@ def test_torch_int8_recipes_rebuild_from_safetensors_and_run(built, work, varian
         r.reason for r in results
     ]
     assert results[0].agreement.top1 > 0.8
+
+
+def test_an_artefact_whose_manifest_version_1_wrote_still_loads_and_measures_the_same(work):
+    """Artefacts built before schema version 2 migrate at load: same recipe, same predictions."""
+    art = _artefact(work, "torch-int8-dynamic")
+    new = _run(work, "torch-int8-dynamic", "torch-eager")
+    # The committed version-1 manifest of this variant, pointed at this artefact's files.
+    old = json.loads((Path(__file__).parent / "fixtures" / "v1" / "manifest-v1-torch-int8-dynamic.json").read_text())
+    current = read_record(Manifest, art / "manifest.json")
+    old |= {"key": current.key, "inputs": current.inputs, "files": [f.model_dump() for f in current.files]}
+    (art / "manifest.json").write_text(json.dumps(old))
+    assert Store(work / "artifacts").load(current.key).load == current.load
+    shutil.rmtree(work / "results")
+    again = _run(work, "torch-int8-dynamic", "torch-eager")
+    assert [r.status for r in again] == ["ok"] * 4, [r.reason for r in again]
+    for a, b in zip(new, again, strict=True):
+        assert a.quality == b.quality and a.agreement is not None and b.agreement is not None
+        assert a.agreement.predictions == b.agreement.predictions and a.verdict == b.verdict

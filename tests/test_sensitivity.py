@@ -196,20 +196,21 @@ def test_mixed_precision_search_finds_the_smallest_passing_k(scanned: Sensitivit
     # A target the fully quantised model misses (half its KL from FP32): the search must keep some layers FP32.
     target = scanned.all_int8.mean_kl / 2  # type: ignore[union-attr]
     manifest, model = _mixed(root, "mixed-kl", f"max_mean_kl = {target!r}")
-    search = manifest.extra["search"]
-    trials = search["trials"]
-    k = search["chosen_k"]
-    assert search["mode"] == "search" and search["passed"] and k >= 1
-    assert [t["k"] for t in trials] == list(range(k + 1))  # k = 0, 1, ... in order, every trial recorded
-    assert [t["passed"] for t in trials] == [False] * k + [True]
-    assert all(t["mean_kl"] > target for t in trials[:-1]) and trials[-1]["mean_kl"] <= target
-    assert search["keep_fp32"] == search["ranking"][:k] and len(search["scan"]) == LINEAR_UNITS
+    search = manifest.search
+    assert search is not None
+    trials = search.trials
+    k = search.chosen_k
+    assert search.mode == "search" and search.passed and k is not None and k >= 1
+    assert [t.k for t in trials] == list(range(k + 1))  # k = 0, 1, ... in order, every trial recorded
+    assert [t.passed for t in trials] == [False] * k + [True]
+    assert all(t.mean_kl > target for t in trials[:-1]) and trials[-1].mean_kl <= target
+    assert search.keep_fp32 == search.ranking[:k] and len(search.scan) == LINEAR_UNITS
     # The graph: exactly the kept layers stay FP32 MatMul/Gemm, every other Linear is INT8.
     ops = _ops(model)
     assert ops["MatMulInteger"] == LINEAR_UNITS - k
     graph = {n.name: n.op_type for n in onnx.load(str(model)).graph.node}
     units = {u.name: u for u in sens.units(root / "artifacts" / manifest.inputs["source"] / "model.onnx", "linear")}
-    for name in search["keep_fp32"]:
+    for name in search.keep_fp32:
         for node in units[name].nodes:
             # The quantiser splits every Gemm into `<name>_MatMul` + Add, quantised or not.
             assert graph.get(node) in ("MatMul", "Gemm") or graph.get(f"{node}_MatMul") == "MatMul", (name, node)
@@ -221,11 +222,11 @@ def test_mixed_precision_explicit_layers_and_k(root: Path) -> None:
     ops = _ops(model)
     # FP32 left: the two kept Linears and the 2 x 2 attention-score MatMuls (activations only, never quantised).
     assert ops["MatMulInteger"] == LINEAR_UNITS - 2 and ops["MatMul"] + ops["Gemm"] == 2 + 4
-    assert manifest.extra["search"]["mode"] == "keep_fp32" and not manifest.extra["search"]["scan"]
+    assert manifest.search is not None and manifest.search.mode == "keep_fp32" and not manifest.search.scan
     manifest, model = _mixed(root, "mixed-k", 'k = 1, granularity = "group"')
-    search = manifest.extra["search"]
-    assert search["mode"] == "k" and len(search["keep_fp32"]) == 1 and len(search["scan"]) == 5
-    kept = {"head": 2}.get(search["keep_fp32"][0], 4 if search["keep_fp32"][0].endswith("attention") else 2)
+    search = manifest.search
+    assert search is not None and search.mode == "k" and len(search.keep_fp32) == 1 and len(search.scan) == 5
+    kept = {"head": 2}.get(search.keep_fp32[0], 4 if search.keep_fp32[0].endswith("attention") else 2)
     assert _ops(model)["MatMulInteger"] == LINEAR_UNITS - kept
 
 

@@ -107,6 +107,65 @@ def test_builder_code_versions_follow_build_code_not_record_types(tmp_path, repo
     with (tmp_path / "quantmatrix" / "records.py").open("a") as f:
         f.write("\n# a new optional field somewhere\n")
     assert _code_version("ort-int8-dynamic", tmp_path) == before
+    # The matrix parser and the store hand builders only values the key already hashes.
+    for name in ("spec", "store", "plan", "hardware"):
+        with (tmp_path / "quantmatrix" / f"{name}.py").open("a") as f:
+            f.write("\n# a refactor\n")
+    assert _code_version("ort-int8-dynamic", tmp_path) == before
     with (tmp_path / "builders" / "_onnx.py").open("a") as f:
         f.write("\n# a change to the export helpers\n")
     assert _code_version("ort-int8-dynamic", tmp_path) != before
+
+
+def _uncached_code_version():
+    import quantmatrix.plan
+
+    # conftest caches code versions for the session; these tests need the real, uncached function.
+    return getattr(quantmatrix.plan._code_version, "__wrapped__", quantmatrix.plan._code_version)
+
+
+def test_code_version_follows_imports_transitively(tmp_path, repo):
+    """The bug this fixes: torch-int8-dynamic-lm reaches builders/_onnx.py only through _onnx_lm.py."""
+    import shutil
+
+    _code_version = _uncached_code_version()
+    for rel in ("builders", "quantmatrix"):
+        shutil.copytree(repo / rel, tmp_path / rel, ignore=shutil.ignore_patterns("__pycache__", "datasets"))
+    before = {b: _code_version(b, tmp_path) for b in ("torch-int8-dynamic-lm", "reference", "onnx-fp32")}
+    with (tmp_path / "builders" / "_onnx_lm.py").open("a") as f:
+        f.write("\n# a causal-LM export helper changed\n")
+    after = {b: _code_version(b, tmp_path) for b in before}
+    assert after["torch-int8-dynamic-lm"] != before["torch-int8-dynamic-lm"]
+    assert after["reference"] == before["reference"] and after["onnx-fp32"] == before["onnx-fp32"]
+    with (tmp_path / "builders" / "_onnx.py").open("a") as f:
+        f.write("\n# an ONNX helper two levels below torch-int8-dynamic-lm changed\n")
+    assert _code_version("torch-int8-dynamic-lm", tmp_path) != after["torch-int8-dynamic-lm"]
+    assert _code_version("reference", tmp_path) == before["reference"]
+
+
+def test_code_version_hashes_a_helper_two_levels_down_and_nothing_unimported(tmp_path):
+    from quantmatrix.plan import build_code
+
+    _code_version = _uncached_code_version()
+    files = {
+        "builders/__init__.py": "",
+        "builders/probe.py": "from helpers import mid\n\ndef build():\n    return mid.run()\n",
+        "helpers/__init__.py": "",
+        # A relative import inside a function: found by reading the code, not by running it.
+        "helpers/mid.py": "def run():\n    from .deep import value\n\n    return value\n",
+        "helpers/deep.py": "value = 1\n",
+        "helpers/unused.py": "value = 2\n",
+        "notapackage/deep.py": "value = 3\n",
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    hashed = {p.relative_to(tmp_path).as_posix() for p in build_code("probe", tmp_path)}
+    assert hashed == {"builders/__init__.py", "builders/probe.py", "helpers/__init__.py", "helpers/mid.py",
+                      "helpers/deep.py"}  # fmt: skip
+    before = _code_version("probe", tmp_path)
+    (tmp_path / "helpers" / "unused.py").write_text("value = 20\n")
+    (tmp_path / "notapackage" / "deep.py").write_text("value = 30\n")
+    assert _code_version("probe", tmp_path) == before
+    (tmp_path / "helpers" / "deep.py").write_text("value = 10\n")
+    assert _code_version("probe", tmp_path) != before

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from quantmatrix.capabilities import Capability
+from quantmatrix.records import EngineTarget
 from runners import LoadRequest, Skip, runner
 
 Shape = tuple[int, ...]
@@ -53,15 +54,6 @@ class ProfileRange:
             if len(shape) != len(lo) or any(s < a or s > b for s, a, b in zip(shape, lo, hi, strict=True)):
                 return False
         return True
-
-
-@dataclass(frozen=True)
-class EngineTarget:
-    """What an engine is tied to: it runs only with the TensorRT version and GPU it was built with."""
-
-    tensorrt_version: str | None
-    gpu_name: str | None
-    compute_capability: str | None
 
 
 class EngineError(Exception):
@@ -133,11 +125,6 @@ def engine_mismatch(built: EngineTarget, here: EngineTarget) -> str | None:
     if not problems:
         return None
     return "engine built for " + ", ".join(problems) + ": rebuild it on this machine (python -m builders build --force)"
-
-
-def target_of(manifest_extra: Mapping[str, Any]) -> EngineTarget:
-    t = manifest_extra.get("engine_target") or {}
-    return EngineTarget(t.get("tensorrt_version"), t.get("gpu_name"), t.get("compute_capability"))
 
 
 def max_shape(profiles: Sequence[ProfileRange], name: str) -> Shape:
@@ -309,8 +296,10 @@ def load(request: LoadRequest) -> TensorrtSession:
     p: TensorrtParams = request.params
     device = probe_cuda(p.device).device
     assert device is not None  # _why_not returned None
-    here = EngineTarget(trt.__version__, device.name, device.compute_capability)
-    if mismatch := engine_mismatch(target_of(request.manifest.extra), here):
+    here = EngineTarget(
+        tensorrt_version=trt.__version__, gpu_name=device.name, compute_capability=device.compute_capability
+    )
+    if mismatch := engine_mismatch(request.manifest.engine or EngineTarget(), here):
         raise Skip(mismatch)
     cuda.init()
     context = cuda.Device(p.device).retain_primary_context()

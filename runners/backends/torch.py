@@ -9,6 +9,8 @@ from typing import Any, Literal
 import numpy as np
 
 from quantmatrix.capabilities import Capability
+from quantmatrix.records import HfLoad
+from quantmatrix.torch_recipes import CLASSIFIER_RECIPES
 from runners import LoadRequest, Skip, runner
 
 _DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
@@ -93,18 +95,18 @@ def load_module(request: LoadRequest) -> Any:
     entry = request.path / (request.manifest.entry or "model")
     if entry.suffix == ".pt2":
         raise Skip(f"{entry.name}: torch.export archives are not loaded (they contain pickles)")
-    loader = request.manifest.extra.get("torch_loader", "hf")
-    if loader == "hf":
+    load = request.manifest.load
+    if isinstance(load, HfLoad):
         from transformers import AutoModelForSequenceClassification
 
         return AutoModelForSequenceClassification.from_pretrained(str(entry), local_files_only=True)
-    if loader == "recipe":
+    if isinstance(load, CLASSIFIER_RECIPES):
         # Quantised modules are rebuilt from safetensors by a named recipe in the core, so no
         # pickled artefact is ever loaded.
         from quantmatrix.torch_recipes import rebuild
 
         return rebuild(request.path, request.manifest)
-    raise Skip(f"unknown torch loader {loader!r} in manifest extra")
+    raise Skip(f"load recipe {load.kind if load else None!r} does not build a classifier")
 
 
 def load_lm(request: LoadRequest) -> tuple[Any, dict[str, Any]]:

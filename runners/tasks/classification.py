@@ -28,7 +28,9 @@ from quantmatrix.records import (
     BuildSummary,
     CanaryResult,
     ColdStart,
+    DecoderArch,
     DeviceTiming,
+    EncoderArch,
     Latency,
     Manifest,
     MixedPrecisionSearch,
@@ -164,7 +166,7 @@ def measure(ctx: RunContext, cells: list[CellPlan], manifest: Manifest, referenc
 
     q_ref = quality(split.y, split.ref_logits.argmax(-1), split.labels)
     scored = _score(ctx, opened, split, reference, q_ref) if ctx.info.can(Capability.SCORES_QUALITY) else {}
-    arch = reference.extra.get("arch")
+    arch = reference.arch
     # The roof is a CPU GEMM (torch.mm / MatMulInteger): it says nothing about a GPU cell.
     peak = _machine_peak(ctx.store.root, manifest.precision) if ctx.runner.device == "cpu" else None
     first_timed: list[float] = []
@@ -180,7 +182,7 @@ def _timed_cell(
     manifest: Manifest,
     cold: ColdStart,
     first_timed: list[float],
-    arch: dict[str, int] | None,
+    arch: EncoderArch | DecoderArch | None,
     peak: float | None,
     q_ref: Quality,
     scored: dict[str, Any],
@@ -217,11 +219,9 @@ def _timed_cell(
         mixed_precision=mixed_precision_of(manifest),
         device_timing=_device_timing(session, lat),
         random_init=manifest.random_init,
-        extra={
-            "quality_eval": "natural length, batch 32",
-            "reference_macro_f1": q_ref.macro_f1,
-            "timed_batches": len(inputs.batches),
-        },
+        quality_eval="natural length, batch 32",
+        reference_macro_f1=q_ref.macro_f1,
+        timed_batches=len(inputs.batches),
         **(scored or {"verdict": "n/a"}),
     )
     r.cell.seq_len = inputs.seq_len
@@ -234,8 +234,7 @@ def _timed_cell(
 
 def mixed_precision_of(manifest: Manifest) -> MixedPrecisionSearch | None:
     """A mixed-precision artefact's layer search (ranking, trials, choice), for the report."""
-    search = manifest.extra.get("search")
-    return MixedPrecisionSearch.model_validate(search) if search is not None else None
+    return manifest.search
 
 
 def build_summary(manifest: Manifest) -> BuildSummary:

@@ -169,7 +169,7 @@ def measure(ctx: RunContext, cells: list[CellPlan], manifest: Manifest, referenc
     checked = _guard(first, stepper, prompts, ref_tokens, ref_logits)
     cold = cold_start(load_ms, first_ms)
     texts = [tokenizer.decode(p) for p in prompts]
-    origin = reference.extra.get("tokenizer_origin", "")
+    origin = reference.tokenizer_origin or ""
     gen = ctx.model.generation
     by_batch: dict[int, list[CellPlan]] = {}
     for cell in cells:
