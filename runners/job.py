@@ -21,6 +21,7 @@ import numpy as np
 from quantmatrix.data import LabelledData, load_dataset
 from quantmatrix.errors import ArtifactError, QuantmatrixError, RecordError
 from quantmatrix.hardware import fingerprint, launched_at
+from quantmatrix.machine_lock import TimingLock, lock_dir
 from quantmatrix.metrics import agreement, percentile_summary, quality, top_k
 from quantmatrix.plan import GENERATION, REFERENCE, build_jobs, cell_modes
 from quantmatrix.records import (
@@ -193,6 +194,8 @@ class RunJob:
                 continue
             if done.artifact_key != self.key or (retry_failed and done.status == "failed"):
                 todo.append(cell)
+            elif retry_failed and done.latency is not None and done.latency.disturbed:
+                todo.append(cell)  # timed while other work took the machine: measure it again
         return todo
 
     def base(self, cell: CellPlan, precision: str, **fields: Any) -> Result:
@@ -345,6 +348,7 @@ class RunJob:
         # The roof is a CPU GEMM (torch.mm / MatMulInteger): it says nothing about a GPU cell.
         peak = _machine_peak(self.store.root, manifest.precision) if self.runner.device == "cpu" else None
         results = []
+        timing = TimingLock(lock_dir(self.store.root), log=self.log)
         for cell in cells:
             inputs = tokenise(
                 tokenizer, texts, names, cell.batch_size, cell.seq_mode, measure.padded_length, max_batches=64
@@ -355,7 +359,9 @@ class RunJob:
                 f"[time  ] {self.variant} on {self.runner.name}: batch {cell.batch_size}, {cell.seq_mode} "
                 f"(seq {inputs.seq_len})"
             )
-            lat = time_predict(session.predict, inputs, measure, on_start=lambda: first_timed.append(time.time()))
+            lat = time_predict(
+                session.predict, inputs, measure, on_start=lambda: first_timed.append(time.time()), lock=timing
+            )
             device_timing = _device_timing(session, lat)
             if launched and len(first_timed) == 1:
                 cold.launch_to_timed_ms = (first_timed[0] - launched) * 1e3
