@@ -297,3 +297,55 @@ def test_timing_lock_records_the_wait_in_the_latency(tmp_path):
     lat = time_predict(lambda b: None, INPUTS, MeasureSpec(warmup=0, min_iterations=2), lock=lock)
     assert lat.lock_wait_s == 0.0 and lat.quiet_wait_s == 0.0
     assert not lock.lock.held and (tmp_path / "timing.lock").is_file()
+
+
+# -- what the summary and the site make of a disturbed cell -------------------------------------------
+
+
+def _cells(int8_disturbed: bool, baseline_disturbed: bool):
+    from test_records import make_result
+
+    def cell(variant: str, runner: str, backend: str, precision: str, p50: float, disturbed: bool):
+        r = make_result()
+        r.cell = r.cell.model_copy(
+            update={"variant": variant, "runner": runner, "backend": backend, "precision": precision}
+        )
+        assert r.latency is not None
+        r.latency = r.latency.model_copy(update={"p50": p50, "disturbed": disturbed})
+        return r
+
+    return [
+        cell("reference", "torch-eager", "torch", "fp32", 10.0, baseline_disturbed),
+        cell("int8-fast", "ort", "onnxruntime", "int8", 2.0, int8_disturbed),
+        cell("int8-slow", "ort", "onnxruntime", "int8", 4.0, False),
+    ]
+
+
+def test_a_disturbed_cell_is_shown_and_never_the_headline():
+    from quantmatrix.summary import headlines, render_text, summarise
+
+    rows = summarise(_cells(int8_disturbed=True, baseline_disturbed=False))
+    fast = next(r for r in rows if r.variant == "int8-fast")
+    assert fast.disturbed == 1 and fast.speedup == pytest.approx(5.0)  # still shown, with its number
+    [line] = headlines(rows)
+    assert "fastest passing INT8 int8-slow" in line and "= 2.50x" in line
+    text = render_text(rows)
+    assert any(ln.startswith("m ") and "int8-fast" in ln and ln.endswith("DISTURBED") for ln in text.splitlines())
+    assert "DISTURBED: 1 of 3 cells were timed while other work took more than 25%" in text
+    # A disturbed FP32 baseline makes every speed-up of the setting suspect: no headline, and why.
+    rows = summarise(_cells(int8_disturbed=False, baseline_disturbed=True))
+    assert all(r.baseline_disturbed for r in rows if r.precision == "int8")
+    assert headlines(rows) == [
+        "m b1 padded: no headline: the FP32 eager baseline was timed while disturbed (rerun the run id)"
+    ]
+
+
+def test_the_site_marks_disturbed_cells(tmp_path):
+    from quantmatrix.records import write_record
+    from report.site import render
+
+    for i, r in enumerate(_cells(int8_disturbed=True, baseline_disturbed=False)):
+        write_record(r, tmp_path / "results" / "r1" / f"{i}.json")
+    index = render([tmp_path / "results"], tmp_path / "site", fallbacks=False, log=lambda _: None)
+    html = index.read_text()
+    assert html.count('class="warn disturbed"') == 1 and "more than 25% of the usable cores" in html
