@@ -21,6 +21,7 @@ import numpy as np
 from quantmatrix.causal_lm import Stepper, greedy, kl_next_token, teacher_forced
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.hardware import cpu_busy_seconds, launched_at
+from quantmatrix.machine_lock import TimingLock, lock_dir
 from quantmatrix.metrics import percentile_summary
 from quantmatrix.plan import REFERENCE
 from quantmatrix.records import ColdStart, Generation, GenerationAgreement, Latency, Manifest, Result, write_record
@@ -176,9 +177,16 @@ def measure_generation(
             job.log(
                 f"[time  ] {job.variant} on {job.runner.name}: batch {batch}, {cell.seq_mode}, {gen.new_tokens} tokens"
             )
-            measured[cell.seq_mode] = time_generation(
-                stepper, prompts, batch, gen.new_tokens, use_cache, measure.generation_warmup, measure.generation_rounds
-            )
+            with TimingLock(lock_dir(job.store.root), log=job.log).turn():  # never beside another process's timing
+                measured[cell.seq_mode] = time_generation(
+                    stepper,
+                    prompts,
+                    batch,
+                    gen.new_tokens,
+                    use_cache,
+                    measure.generation_warmup,
+                    measure.generation_rounds,
+                )
         cache_equal = (
             bool(np.array_equal(measured["kv-cache"]["tokens"], measured["no-cache"]["tokens"]))
             if len(measured) == 2
