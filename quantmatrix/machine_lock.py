@@ -26,7 +26,7 @@ DISTURBED_SHARE = 0.25
 # 10 ms ticks, so a 5 ms loop alone would read as 0 or 2 cores of load by chance.
 MIN_WINDOW_S = 0.5
 # Before timing, wait up to this long (holding the turn) for other work to drop below the share.
-QUIET_WAIT_S = 5.0
+QUIET_WAIT_S = 3.0
 QUIET_SAMPLE_S = 0.25
 POLL_S = 0.05
 PROGRESS_EVERY_S = 30.0
