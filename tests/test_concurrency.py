@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from bench import Job, Launcher, Plan, build_record, execute
+from quantmatrix.errors import QuantmatrixError
 from quantmatrix.machine_lock import (
     DISTURBED_SHARE,
     MIN_WINDOW_S,
@@ -349,3 +350,33 @@ def test_the_site_marks_disturbed_cells(tmp_path):
     index = render([tmp_path / "results"], tmp_path / "site", fallbacks=False, log=lambda _: None)
     html = index.read_text()
     assert html.count('class="warn disturbed"') == 1 and "more than 25% of the usable cores" in html
+
+
+@pytest.mark.docker
+def test_a_container_job_sees_the_hosts_timing_turn(tmp_path):
+    """The lock file lives in the store every container mounts: a job in a container cannot take the
+    turn while a host process holds it, and takes it once released."""
+    from bench.docker import DockerLauncher, docker_binary, ensure_image
+
+    try:
+        docker = docker_binary()
+    except QuantmatrixError as e:
+        pytest.skip(str(e))
+    if subprocess.run([docker, "info"], capture_output=True).returncode != 0:
+        pytest.skip("no Docker engine reachable (containers/provision.sh starts one on Debian)")
+    wheels = Path("/opt/wheels")
+    image = ensure_image("cpu", wheelhouse=wheels if wheels.is_dir() else None, log=lambda _: None)
+    (tmp_path / "matrix.toml").write_text("")
+    launcher = DockerLauncher(
+        image=image, matrix=tmp_path / "matrix.toml", artifacts=tmp_path / "artifacts",
+        results=tmp_path / "results", docker=docker,
+    )  # fmt: skip
+    code = (
+        "import sys; from quantmatrix.machine_lock import TIMING_LOCK, FileLock, lock_dir; "
+        f"sys.exit(0 if FileLock(lock_dir({DockerLauncher.ARTIFACTS!r}) / TIMING_LOCK, 't').try_acquire() else 3)"
+    )
+    job = Job(kind="run", name="turn", argv=["-c", code])
+    host = TimingLock(lock_dir(tmp_path / "artifacts"), quiet_wait=0)
+    with host.turn():
+        assert launcher.launch(job, timeout=300)[0] == 3
+    assert launcher.launch(job, timeout=300) == (0, "")
