@@ -268,9 +268,25 @@ def execute(
     """Run jobs in dependency order. A failed build fails its dependants' runs with its reason; others go on."""
     jobs = plan_.jobs
     by_name = plan_.by_name()
+    # Only temp directories whose build died: another run's build in progress is left alone.
     store.clean_partials()
     total = len(jobs)
     t_start = time.perf_counter()
+
+    def launch(i: int, job: Job) -> None:
+        log(_line(i, total, job, "running", t_start))
+        t0 = time.perf_counter()
+        code, output = launcher.launch(job, timeout)
+        job.seconds = time.perf_counter() - t0
+        job.log_tail = output[-LOG_TAIL:]
+        if code == 0:
+            job.state = "done"
+        else:
+            job.state = "failed"
+            job.reason = f"{exit_reason(code, timeout)}: {failure_line(output)[:300]}"
+            if on_failure is not None:
+                on_failure(job)
+
     for i, job in enumerate(jobs, 1):
         failed_deps = [d for d in job.deps if by_name[d].state == "failed"]
         if job.kind == "build" and not failed_deps and store.lookup(job.key or "") is not None:
@@ -279,22 +295,33 @@ def execute(
             job.state = "cached"  # every cell already has a result for this artefact: nothing to launch
         elif failed_deps and job.kind == "build":
             job.state, job.reason = "failed", f"needs {failed_deps[0]}, which failed"
+        elif job.kind == "build" and job.key:
+            # Another run building the same key holds its claim: wait for that job, then reuse its artefact.
+            with store.claim(job.key).hold(log=log) as waited:
+                if store.lookup(job.key) is not None:
+                    job.state, job.seconds = "reused", waited
+                    job.reason = f"reused after waiting {waited:.0f}s for another run's build"
+                else:
+                    launch(i, job)
         else:
-            # run jobs with failed builds still launch: they write `failed` results saying why.
-            log(_line(i, total, job, "running", t_start))
-            t0 = time.perf_counter()
-            code, output = launcher.launch(job, timeout)
-            job.seconds = time.perf_counter() - t0
-            job.log_tail = output[-LOG_TAIL:]
-            if code == 0:
-                job.state = "done"
-            else:
-                job.state = "failed"
-                job.reason = f"{exit_reason(code, timeout)}: {failure_line(output)[:300]}"
-                if on_failure is not None:
-                    on_failure(job)
+            # run jobs with failed builds still launch: they write `failed` results saying why, or, where
+            # another run built the artefact meanwhile, verify its files (sha256) before using it.
+            launch(i, job)
         log(_line(i, total, job, job.state, t_start))
     return jobs
+
+
+BUILD_OUTCOMES = {"done": "built", "reused": "reused after waiting", "cached": "already built", "failed": "failed"}
+
+
+def build_record(jobs: Sequence[Job]) -> str:
+    """What this run did for each artefact, counted: built, reused after waiting, already built, failed."""
+    counts: dict[str, int] = {}
+    for job in jobs:
+        if job.kind == "build":
+            what = BUILD_OUTCOMES.get(job.state, job.state)
+            counts[what] = counts.get(what, 0) + 1
+    return "builds: " + (", ".join(f"{n} {what}" for what, n in counts.items()) or "none")
 
 
 def _bar(done: int, total: int, width: int = 20) -> str:

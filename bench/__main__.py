@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import builders
     import runners
-    from bench import Job, Launcher, execute, plan, record_failure, run_is_done
+    from bench import Job, Launcher, build_record, execute, plan, record_failure, run_is_done
     from quantmatrix.hardware import describe, fingerprint
     from quantmatrix.spec import load_matrix
     from quantmatrix.store import Store
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_is_done(job, matrix, args.profile, store, args.results.resolve(), run_id)
 
         jobs = execute(p, launcher, store, timeout=args.timeout, on_failure=on_failure, is_done=is_done)
-        print(f"\nfinished in {time.perf_counter() - t0:.0f}s")
+        print(f"\nfinished in {time.perf_counter() - t0:.0f}s; {build_record(jobs)}")
         results, errors = load_results([args.results / run_id])
         rows = summarise(results)
         print(render_text(rows))

@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         matrix = load_matrix(args.matrix, builders=builders)
         if args.model not in matrix.models:
             raise QuantmatrixError(f"{args.matrix}: unknown model {args.model!r}; defined: {sorted(matrix.models)}")
-        store = Store(args.artifacts)
+        store = Store(args.artifacts, log=print)
+        # Only temp directories whose build died: another run's build in progress is left alone.
         store.clean_partials()
         if args.command == "job":
             jobs = {

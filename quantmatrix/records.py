@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from quantmatrix.capabilities import Capability
 from quantmatrix.errors import RecordError
+from quantmatrix.machine_lock import DISTURBED_SHARE
 
 MANIFEST_VERSION: Literal[2] = 2
 RESULT_VERSION: Literal[2] = 2
@@ -244,6 +245,27 @@ class Latency(Record):
         description="single-thread memory copy bandwidth in GB/s just before and just after the timed loop "
         "(64 MiB, far past the caches): a VM shares this path with the host's other tenants, and a batch-1 "
         "forward pass streams its weights over it",
+    )
+    lock_wait_s: float | None = Field(
+        None, description="seconds waited for the machine-wide timing turn (another process was timing)"
+    )
+    quiet_wait_s: float | None = Field(
+        None, description="seconds waited, holding the turn, for other work to drop below the disturbed share"
+    )
+    timed_from: float | None = Field(None, description="wall clock (Unix seconds) of the first timed call's start")
+    timed_until: float | None = Field(None, description="wall clock (Unix seconds) just after the last timed call")
+    load_window_s: float | None = Field(
+        None,
+        description="seconds over which background_cores was measured: the timed loop, extended after it to "
+        "at least 0.5 s so that 10 ms /proc/stat ticks resolve short loops",
+    )
+    background_share: float | None = Field(
+        None, description="background_cores / the cores this process could use (its CPU affinity)"
+    )
+    disturbed: bool | None = Field(
+        None,
+        description=f"other work took more than {DISTURBED_SHARE:.0%} of the usable cores while this loop ran: the "
+        "samples compete with it; never used for a headline, re-measured on the next resume",
     )
 
 

@@ -2,7 +2,9 @@
 
 A key hashes the builder, its params, its inputs' keys and the code version, so an unchanged job
 reuses its artefact. A build writes into a hidden temp directory and is renamed into place only
-after its manifest is written, so a crash leaves nothing that looks complete.
+after its manifest is written, so a crash leaves nothing that looks complete. One build of a key
+runs at a time on everything sharing the store (a lock per key under `.locks/`); others wait, then
+reuse it.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from quantmatrix.errors import ArtifactError, RecordError
+from quantmatrix.machine_lock import FileLock, lock_dir
 from quantmatrix.records import FileEntry, Manifest, read_record, write_record
 
 MANIFEST = "manifest.json"
+TMP_PREFIX = ".tmp-"
 
 
 def now_iso() -> str:
@@ -82,8 +86,9 @@ def list_files(root: Path) -> list[FileEntry]:
 class Store:
     """`root/<key>/manifest.json` + files. Only `build` writes; everything else reads."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, log: Callable[[str], None] | None = None) -> None:
         self.root = Path(root).resolve()
+        self.log = log  # where a build announces that it waits for another process's build of its key
 
     def path(self, key: str) -> Path:
         return self.root / key
@@ -123,17 +128,44 @@ class Store:
             if verify and sha256_file(p) != entry.sha256:
                 raise ArtifactError(f"artefact {manifest.key}: file {entry.path} sha256 does not match manifest")
 
-    def build(self, key: str, fn: Callable[[Path], Manifest], *, force: bool = False) -> Manifest:
+    def build_lock(self, key: str) -> FileLock:
+        """Held by whoever builds `key` (and by whoever cleans its temp directories): one build at a time."""
+        return FileLock(lock_dir(self.root) / f"build-{key}.lock", f"build of {key}")
+
+    def claim(self, key: str) -> FileLock:
+        """Held by a run's orchestrator while its build job for `key` runs, so a second run waits for the
+        first's job (and says so) instead of launching its own. A different file from `build_lock`: the
+        job it launches takes that one."""
+        return FileLock(lock_dir(self.root) / f"claim-{key}.lock", f"build of {key} by another run")
+
+    def build(
+        self,
+        key: str,
+        fn: Callable[[Path], Manifest],
+        *,
+        force: bool = False,
+        log: Callable[[str], None] | None = None,
+    ) -> Manifest:
         """Run `fn(tmpdir)` unless a complete artefact exists; `fn` returns the manifest to finalise.
 
-        The manifest's files, key and build time are filled in here. A failure inside `fn` leaves
-        no directory under `key`; the caller records it.
+        Another process building the same key is waited for (announced through `log`), and its
+        artefact reused. The manifest's files, key and build time are filled in here. A failure
+        inside `fn` leaves no directory under `key`; the caller records it.
         """
         if not force and (found := self.lookup(key)) is not None:
             return found
+        log = log or self.log
+        with self.build_lock(key).hold(log=log) as waited:
+            if not force and (found := self.lookup(key)) is not None:
+                if log is not None:
+                    log(f"[reused] {key}: built by another process while this one waited {waited:.0f}s")
+                return found
+            return self._build_locked(key, fn)
+
+    def _build_locked(self, key: str, fn: Callable[[Path], Manifest]) -> Manifest:
         self.root.mkdir(parents=True, exist_ok=True)
         final = self.path(key)
-        tmp = self.root / f".tmp-{key}-{time.time_ns()}"
+        tmp = self.root / f"{TMP_PREFIX}{key}-{time.time_ns()}"
         tmp.mkdir()
         t0 = time.perf_counter()
         try:
@@ -150,13 +182,18 @@ class Store:
         tmp.rename(final)
         return manifest
 
-    def record_failure(self, manifest: Manifest) -> None:
-        """Keep a failed/skipped build's manifest (no files) so runs can report why."""
-        final = self.path(manifest.key)
-        if final.exists():
-            shutil.rmtree(final)
-        final.mkdir(parents=True)
-        write_record(manifest, final / MANIFEST)
+    def record_failure(self, manifest: Manifest) -> bool:
+        """Keep a failed/skipped build's manifest (no files) so runs can report why; False (nothing
+        written) when a complete artefact is there, built meanwhile by another process."""
+        with self.build_lock(manifest.key).hold():
+            if self.lookup(manifest.key) is not None:
+                return False
+            final = self.path(manifest.key)
+            if final.exists():
+                shutil.rmtree(final)
+            final.mkdir(parents=True)
+            write_record(manifest, final / MANIFEST)
+            return True
 
     def read_any(self, key: str) -> Manifest | None:
         """The manifest whatever its status (ok, failed, skipped), without checking files."""
@@ -166,12 +203,25 @@ class Store:
             return None
 
     def clean_partials(self) -> list[Path]:
-        """Remove temp directories left by interrupted builds; return what was removed."""
-        removed = []
-        if self.root.is_dir():
-            for p in self.root.glob(".tmp-*"):
+        """Remove temp directories of builds whose owner is gone; return what was removed.
+
+        A build holds its key's lock for as long as its temp directory exists, so a directory whose
+        key's lock can be taken belongs to a process that died (killed, crashed, out of memory); one
+        whose lock is held is a live build, maybe another run's or another container's, and stays.
+        """
+        removed: list[Path] = []
+        if not self.root.is_dir():
+            return removed
+        for p in sorted(self.root.glob(f"{TMP_PREFIX}*")):
+            key = p.name[len(TMP_PREFIX) :].rpartition("-")[0]
+            lock = self.build_lock(key)
+            if not key or not lock.try_acquire():
+                continue
+            try:
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p)
+            finally:
+                lock.release()
         return removed
 
     def size_bytes(self, key: str) -> int:

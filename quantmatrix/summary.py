@@ -16,6 +16,7 @@ from pathlib import Path
 
 from quantmatrix.capabilities import Capability
 from quantmatrix.errors import QuantmatrixError, RecordError
+from quantmatrix.machine_lock import DISTURBED_SHARE
 from quantmatrix.records import Result, read_record
 
 REFERENCE = "reference"
@@ -64,6 +65,8 @@ class CellSummary:
     members: tuple[int, ...] = ()  # indices into summarise()'s input: every round of this cell, for provenance
     measures_overhead: bool = False  # its backend does no model work (Capability.MEASURES_OVERHEAD)
     fp32_baseline: bool = False  # the FP32 reference on the baseline backend, eager: what speed-ups divide
+    disturbed: int = 0  # rounds timed while other work took more than DISTURBED_SHARE of the usable cores
+    baseline_disturbed: bool = False  # the FP32 eager baseline of `speedup` had a disturbed round
 
     @property
     def key(self) -> tuple[str, int, str]:
@@ -108,6 +111,10 @@ def _median(values: Iterable[float | int | None]) -> float | None:
 def _spread(values: Iterable[float | None]) -> float | None:
     present = [v for v in values if v]
     return max(present) / min(present) if len(present) > 1 else None
+
+
+def _any_disturbed(rs: Iterable[Result]) -> bool:
+    return any(r.latency.disturbed for r in rs if r.status == "ok" and r.latency)
 
 
 def summarise(results: list[Result]) -> list[CellSummary]:
@@ -204,6 +211,8 @@ def summarise(results: list[Result]) -> list[CellSummary]:
                 members=tuple(members[ident]),
                 measures_overhead=_measures_overhead(first),
                 fp32_baseline=all(_is_eager_reference(r) for r in rs),
+                disturbed=sum(1 for r in ok if r.latency and r.latency.disturbed),
+                baseline_disturbed=bool(base_ident) and _any_disturbed(groups[base_ident or ident]),
             )
         )
     return rows
@@ -234,6 +243,7 @@ def render_text(rows: list[CellSummary]) -> str:
             f"{r.model:10} {r.variant:32} {r.runner:14} {r.batch_size:>2} {r.seq_mode:7} {r.p50_ms:8.2f} "
             f"{fmt(r.p99_ms, '8.2f')} {fmt(r.spread, '6.3f')} {speed:>7} {fmt(r.artifact_mb, '6.1f')} "
             f"{fmt(r.macro_f1, '6.4f')} {fmt(r.agreement, '6.4f')}  {r.verdict}"
+            + ("  DISTURBED" if r.disturbed else "")
         )
     lines.append("speedup: vs the FP32 reference eager; for the overhead (null) runner, its p50 as % of the fastest")
     busy = [r for r in rows if r.background_cores is not None and r.background_cores >= BUSY_CORES]
@@ -243,6 +253,13 @@ def render_text(rows: list[CellSummary]) -> str:
             f"warning: {len(busy)} of {len(rows)} cells were timed while other processes used >= {BUSY_CORES} "
             f"cores (worst: {worst.variant} on {worst.runner}, {worst.background_cores:.2f} cores); their "
             "latencies compete with that work: rerun them on a quiet machine"
+        )
+    disturbed = [r for r in rows if r.disturbed]
+    if disturbed:
+        lines.append(
+            f"DISTURBED: {len(disturbed)} of {len(rows)} cells were timed while other work took more than "
+            f"{DISTURBED_SHARE:.0%} of the usable cores; no headline uses them, and rerunning with the same run id "
+            "measures them again"
         )
     spread = [r for r in rows if (r.spread or 0) >= SPREAD_LIMIT]
     if spread:
@@ -270,6 +287,12 @@ def headlines(rows: list[CellSummary]) -> list[str]:
     for machine, model, batch, seq in sorted({(r.machine, *r.key) for r in rows}):
         here = [r for r in rows if (r.machine, *r.key) == (machine, model, batch, seq) and r.p50_ms is not None]
         passing = [r for r in here if "int8" in r.precision and r.verdict == "pass" and r.speedup]
+        clean = [r for r in passing if not r.disturbed and not r.baseline_disturbed]
+        if passing and not clean:
+            baseline = all(r.baseline_disturbed for r in passing)
+            what = "the FP32 eager baseline" if baseline else "every passing INT8 cell"
+            lines.append(f"{model} b{batch} {seq}: no headline: {what} was timed while disturbed (rerun the run id)")
+        passing = clean
         if not passing:
             continue
         best = min(passing, key=lambda r: r.p50_ms or float("inf"))

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from quantmatrix.machine_lock import DISTURBED_SHARE
 from quantmatrix.records import Result
 from report import charts
 from report.data import Loaded, machine_name
@@ -108,7 +109,7 @@ def overview(ctx: Context) -> dict[str, Any] | None:
         for rec in records:
             rec["raw"] = ctx.links(rec["members"])
         models.append({"name": str(model), "rows": records, "random_init": bool(rows["random_init"].any())})
-    return {"models": models}
+    return {"models": models, "disturbed_share": f"{DISTURBED_SHARE:.0%}"}
 
 
 @page("pareto", "Accuracy × latency")

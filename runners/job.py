@@ -78,6 +78,8 @@ class RunJob:
                 continue
             if done.artifact_key != self.key or (retry_failed and done.status == "failed"):
                 todo.append(cell)
+            elif retry_failed and done.latency is not None and done.latency.disturbed:
+                todo.append(cell)  # timed while other work took the machine: measure it again
         return todo
 
     def base(self, cell: CellPlan, precision: str, **fields: Any) -> Result:

@@ -6,16 +6,17 @@ saved logits; it knows nothing about backends.
 
 from __future__ import annotations
 
+import contextlib
 import gc
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from quantmatrix.hardware import cpu_busy_seconds, memory_bandwidth_forked_gbs, speed_probe_per_cpu_ms
+from quantmatrix.hardware import memory_bandwidth_forked_gbs, speed_probe_per_cpu_ms
 from quantmatrix.inputs import encode, natural_batches
+from quantmatrix.machine_lock import LoadWindow, TimingLock
 from quantmatrix.metrics import percentile_summary
 from quantmatrix.records import Agreement, DecoderArch, EncoderArch, Latency, Quality
 from quantmatrix.spec import MeasureSpec, Thresholds
@@ -66,6 +67,7 @@ def time_predict(
     inputs: Inputs,
     spec: MeasureSpec,
     on_start: Callable[[], None] | None = None,
+    lock: TimingLock | None = None,
 ) -> Latency:
     """Warm up, then time calls until both `min_iterations` and `min_seconds` are reached.
 
@@ -75,61 +77,66 @@ def time_predict(
     Batches are cycled in a fixed order so every variant sees the same inputs. GC is paused in the
     timed loop so a collection does not land in one backend's samples and not another's.
     `on_start` is called just before the first timed call.
+
+    With `lock`, everything from the first probe to the last is done holding the machine-wide timing
+    turn: the warm-up and the probes load the machine as hard as the loop, so inside the turn they
+    never land in another process's timed loop. Other work's CPU use on the usable cores is measured
+    over a window covering the loop (at least `MIN_WINDOW_S`) whatever its length.
     """
-    batches = inputs.batches
-    probe_before = speed_probe_per_cpu_ms()
-    bandwidth_before = memory_bandwidth_forked_gbs()
-    for i in range(spec.warmup):
-        predict(batches[i % len(batches)])
-    samples: list[float] = []
-    gc_was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    if on_start is not None:
-        on_start()
-    busy0, own0 = cpu_busy_seconds(), _own_cpu_seconds()
-    try:
-        start = time.perf_counter_ns()
-        i = 0
-        while True:
-            batch = batches[i % len(batches)]
-            t0 = time.perf_counter_ns()
-            predict(batch)
-            samples.append((time.perf_counter_ns() - t0) / 1e6)
-            i += 1
-            elapsed = (time.perf_counter_ns() - start) / 1e9
-            enough = i >= spec.min_iterations and elapsed >= spec.min_seconds
-            if enough or elapsed >= spec.max_seconds or i >= spec.max_iterations:
-                break
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    wall = (time.perf_counter_ns() - start) / 1e9
-    busy1, own1 = cpu_busy_seconds(), _own_cpu_seconds()
-    # Per CPU, the slower of before and after: the timed loop ran between them.
-    probe = [max(a, b) for a, b in zip(probe_before, speed_probe_per_cpu_ms(), strict=True)]
-    bandwidth = [b for b in (bandwidth_before, memory_bandwidth_forked_gbs()) if b is not None]
-    background = None
-    # /proc/stat counts in 10 ms ticks: over a shorter loop (the null runner's) the figure is noise.
-    if busy0 is not None and busy1 is not None and wall >= 0.5:
-        background = round(max(0.0, (busy1 - busy0) - (own1 - own0)) / wall, 3)
+    turn = lock.turn() if lock is not None else contextlib.nullcontext(None)
+    with turn as held:
+        batches = inputs.batches
+        probe_before = speed_probe_per_cpu_ms()
+        bandwidth_before = memory_bandwidth_forked_gbs()
+        for i in range(spec.warmup):
+            predict(batches[i % len(batches)])
+        samples: list[float] = []
+        gc_was_enabled = gc.isenabled()
+        gc.collect()
+        gc.disable()
+        if on_start is not None:
+            on_start()
+        window = LoadWindow()
+        timed_from = time.time()
+        try:
+            start = time.perf_counter_ns()
+            i = 0
+            while True:
+                batch = batches[i % len(batches)]
+                t0 = time.perf_counter_ns()
+                predict(batch)
+                samples.append((time.perf_counter_ns() - t0) / 1e6)
+                i += 1
+                elapsed = (time.perf_counter_ns() - start) / 1e9
+                enough = i >= spec.min_iterations and elapsed >= spec.min_seconds
+                if enough or elapsed >= spec.max_seconds or i >= spec.max_iterations:
+                    break
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        timed_until = time.time()
+        load = window.stop()
+        # Per CPU, the slower of before and after: the timed loop ran between them.
+        probe = [max(a, b) for a, b in zip(probe_before, speed_probe_per_cpu_ms(), strict=True)]
+        bandwidth = [b for b in (bandwidth_before, memory_bandwidth_forked_gbs()) if b is not None]
     s = percentile_summary(samples)
     return Latency(
         samples=[round(x, 5) for x in samples],
         iterations=len(samples),
         warmup=spec.warmup,
-        background_cores=background,
+        background_cores=load.background_cores if load else None,
         probe_ms=max(probe),
         probe_cpus_ms=probe,
         bandwidth_gbs=bandwidth if len(bandwidth) == 2 else None,
+        lock_wait_s=held.lock_wait_s if held else None,
+        quiet_wait_s=held.quiet_wait_s if held else None,
+        timed_from=timed_from,
+        timed_until=timed_until,
+        load_window_s=load.window_s if load else None,
+        background_share=round(load.share, 3) if load else None,
+        disturbed=load.disturbed if load else None,
         **s,
     )
-
-
-def _own_cpu_seconds() -> float:
-    """User + system CPU time of this process, all its threads (backend thread pools included)."""
-    t = os.times()
-    return t.user + t.system
 
 
 def predict_all(

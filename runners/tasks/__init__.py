@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from quantmatrix.discovery import import_public_modules
 from quantmatrix.hardware import launched_at
+from quantmatrix.machine_lock import TimingLock, lock_dir
 from quantmatrix.records import ColdStart, Manifest, Result
 from quantmatrix.spec import Matrix, MeasureSpec, ModelSpec, RunnerSpec
 from quantmatrix.store import Store
@@ -67,6 +68,10 @@ class RunContext:
     @property
     def reference_dir(self) -> Path:
         return self.store.path(self.ref_key)
+
+    def timing_lock(self) -> TimingLock:
+        """The machine-wide timing turn: no two quantmatrix processes on this host time at once."""
+        return TimingLock(lock_dir(self.store.root), log=self.log)
 
 
 # measure(context, pending cells, the artefact's manifest, the reference's manifest) -> one result per cell.

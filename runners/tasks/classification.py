@@ -197,7 +197,9 @@ def _timed_cell(
     ctx.log(
         f"[time  ] {ctx.variant} on {ctx.runner.name}: batch {cell.batch_size}, {cell.seq_mode} (seq {inputs.seq_len})"
     )
-    lat = time_predict(session.predict, inputs, measure, on_start=lambda: first_timed.append(time.time()))
+    lat = time_predict(
+        session.predict, inputs, measure, on_start=lambda: first_timed.append(time.time()), lock=ctx.timing_lock()
+    )
     launched = launched_at()
     if launched and len(first_timed) == 1:
         cold.launch_to_timed_ms = (first_timed[0] - launched) * 1e3

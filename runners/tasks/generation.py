@@ -25,6 +25,7 @@ import numpy as np
 from quantmatrix.capabilities import Capability
 from quantmatrix.causal_lm import Stepper, greedy, kl_next_token, teacher_forced
 from quantmatrix.errors import QuantmatrixError
+from quantmatrix.machine_lock import TimingLock
 from quantmatrix.metrics import percentile_summary
 from quantmatrix.plan import REFERENCE
 from quantmatrix.records import ColdStart, Generation, GenerationAgreement, Latency, Manifest, Result
@@ -53,7 +54,13 @@ class Timed:
 
 
 def time_generation(
-    stepper: Stepper, prompts: np.ndarray, batch: int, new_tokens: int, use_cache: bool, spec: MeasureSpec
+    stepper: Stepper,
+    prompts: np.ndarray,
+    batch: int,
+    new_tokens: int,
+    use_cache: bool,
+    spec: MeasureSpec,
+    lock: TimingLock | None = None,
 ) -> Timed:
     """Timed greedy generation over every prompt in batches of `batch`, `spec.generation_rounds` times.
 
@@ -85,7 +92,7 @@ def time_generation(
 
     inputs = Inputs(batch_size=batch, seq_mode="kv-cache" if use_cache else "no-cache",
                     batches=tuple({"input_ids": g} for g in groups))  # fmt: skip
-    loop_latency = time_predict(generate, inputs, loop, on_start=timed_from_here)
+    loop_latency = time_predict(generate, inputs, loop, on_start=timed_from_here, lock=lock)
     rounds = [range(r * len(groups), (r + 1) * len(groups)) for r in range(spec.generation_rounds)]
     tokens = [np.concatenate([outputs[i] for i in calls_of]) for calls_of in rounds]
     round_seconds = [sum(sum(steps[i]) for i in calls_of) / 1e3 for calls_of in rounds]
@@ -187,7 +194,9 @@ def measure(ctx: RunContext, cells: list[CellPlan], manifest: Manifest, referenc
             ctx.log(
                 f"[time  ] {ctx.variant} on {ctx.runner.name}: batch {batch}, {cell.seq_mode}, {gen.new_tokens} tokens"
             )
-            measured[cell.seq_mode] = time_generation(stepper, prompts, batch, gen.new_tokens, use_cache, ctx.measure)
+            measured[cell.seq_mode] = time_generation(
+                stepper, prompts, batch, gen.new_tokens, use_cache, ctx.measure, lock=ctx.timing_lock()
+            )
         cache_equal = (
             bool(np.array_equal(measured["kv-cache"].tokens, measured["no-cache"].tokens))
             if len(measured) == 2
