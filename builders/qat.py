@@ -29,6 +29,7 @@ from builders._onnx import (
 )
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.metrics import quality
+from quantmatrix.progress import Progress
 from quantmatrix.records import Manifest
 
 
@@ -92,18 +93,20 @@ def build(ctx: BuildContext, params: QatParams) -> Manifest:
     optim = torch.optim.AdamW(model.parameters(), lr=params.learning_rate, weight_decay=0.01)
     model.train()
     t0, step, losses = time.perf_counter(), 0, []
-    while step < total_steps:
-        for idx in _batches(len(train), params.batch_size, rng):
-            if step >= total_steps:
-                break
-            batch = tokenizer.pad({k: [enc[k][i] for i in idx] for k in enc}, return_tensors="pt")
-            loss = model(**batch, labels=y[idx]).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optim.step()
-            optim.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            step += 1
+    with Progress(total_steps, "QAT fine-tune", unit="step") as progress:
+        while step < total_steps:
+            for idx in _batches(len(train), params.batch_size, rng):
+                if step >= total_steps:
+                    break
+                batch = tokenizer.pad({k: [enc[k][i] for i in idx] for k in enc}, return_tensors="pt")
+                loss = model(**batch, labels=y[idx]).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optim.step()
+                optim.zero_grad(set_to_none=True)
+                losses.append(loss.item())
+                step += 1
+                progress.update(step)
     train_seconds = time.perf_counter() - t0
     ctx.log(f"  QAT: {step} steps in {train_seconds:.0f}s, final loss {np.mean(losses[-10:]):.4f}")
     steps.append(f"train: {step} steps, batch {params.batch_size}, lr {params.learning_rate}, {train_seconds:.1f}s")

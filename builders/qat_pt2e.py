@@ -21,6 +21,7 @@ from builders import BuildContext, builder, link_tree
 from builders._onnx import encode, load_tokenizer, reference_check
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.metrics import quality
+from quantmatrix.progress import Progress
 from quantmatrix.records import Manifest
 from quantmatrix.torch_recipes import prepare_qat, rebuild
 
@@ -93,20 +94,22 @@ def build(ctx: BuildContext, params: QatPt2eParams) -> Manifest:
     total_steps = max(1, int(params.epochs * math.ceil(len(train) / params.batch_size)))
     optim = torch.optim.AdamW(prepared.parameters(), lr=params.learning_rate, weight_decay=0.01)
     t0, step, losses = time.perf_counter(), 0, []
-    while step < total_steps:
-        for idx in _batches(len(train), params.batch_size, rng):
-            if step >= total_steps:
-                break
-            enc = encode(tokenizer, [train[i].text for i in idx], ctx.model.max_length)
-            out = prepared(**{k: torch.from_numpy(enc[k]) for k in names})
-            logits = out.logits if hasattr(out, "logits") else out[0]
-            loss = torch.nn.functional.cross_entropy(logits, y[idx])
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(prepared.parameters(), 1.0)
-            optim.step()
-            optim.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            step += 1
+    with Progress(total_steps, "QAT (PT2E) fine-tune", unit="step") as progress:
+        while step < total_steps:
+            for idx in _batches(len(train), params.batch_size, rng):
+                if step >= total_steps:
+                    break
+                enc = encode(tokenizer, [train[i].text for i in idx], ctx.model.max_length)
+                out = prepared(**{k: torch.from_numpy(enc[k]) for k in names})
+                logits = out.logits if hasattr(out, "logits") else out[0]
+                loss = torch.nn.functional.cross_entropy(logits, y[idx])
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(prepared.parameters(), 1.0)
+                optim.step()
+                optim.zero_grad(set_to_none=True)
+                losses.append(loss.item())
+                step += 1
+                progress.update(step)
     train_seconds = time.perf_counter() - t0
     ctx.log(f"  QAT (PT2E): {step} steps in {train_seconds:.0f}s, final loss {np.mean(losses[-10:]):.4f}")
     steps.append(f"train: {step} steps, batch {params.batch_size}, lr {params.learning_rate}, {train_seconds:.1f}s")

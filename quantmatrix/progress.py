@@ -15,7 +15,10 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from types import TracebackType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, Self, TextIO
+
+if TYPE_CHECKING:
+    from quantmatrix.spec import MeasureSpec
 
 EVENT_PREFIX = "quantmatrix-progress: "
 EVENT_VERSION = 1
@@ -125,7 +128,7 @@ class Progress:
         self._t0 = time.perf_counter()
         self._last_emit = -float("inf")
 
-    def __enter__(self) -> Progress:
+    def __enter__(self) -> Self:
         self._t0 = time.perf_counter()
         self._emit(time.perf_counter(), final=False)
         return self
@@ -199,8 +202,16 @@ class TimingProgress(Progress):
         if time.perf_counter() - self._last_emit < self.every:
             return  # the cheap path: this runs between timed calls
         left = timing_seconds_left(iterations, elapsed_s, *self.limits)
-        self.update(iterations, total=max(iterations, round(iterations + left * iterations / max(elapsed_s, 1e-9))),
-                    eta_s=left)  # fmt: skip
+        expected = round(iterations + left * iterations / max(elapsed_s, 1e-9))  # at the rate so far
+        self.update(iterations, total=max(iterations, expected), eta_s=left)
+
+
+def timing_progress(what: str, spec: MeasureSpec) -> TimingProgress:
+    """The progress of one timing loop run by `spec`'s stopping rule (see `runners.measure.time_predict`)."""
+    return TimingProgress(
+        what, min_iterations=spec.min_iterations, min_seconds=spec.min_seconds,
+        max_iterations=spec.max_iterations, max_seconds=spec.max_seconds,
+    )  # fmt: skip
 
 
 def timing_seconds_left(

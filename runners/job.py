@@ -23,6 +23,7 @@ from quantmatrix.errors import ArtifactError, QuantmatrixError, RecordError
 from quantmatrix.hardware import fingerprint, launched_at
 from quantmatrix.metrics import agreement, percentile_summary, quality, top_k
 from quantmatrix.plan import GENERATION, REFERENCE, build_jobs, cell_modes
+from quantmatrix.progress import timing_progress
 from quantmatrix.records import (
     BuildSummary,
     CanaryResult,
@@ -355,7 +356,8 @@ class RunJob:
                 f"[time  ] {self.variant} on {self.runner.name}: batch {cell.batch_size}, {cell.seq_mode} "
                 f"(seq {inputs.seq_len})"
             )
-            lat = time_predict(session.predict, inputs, measure, on_start=lambda: first_timed.append(time.time()))
+            with timing_progress(f"timing b{cell.batch_size} {cell.seq_mode}", measure) as tick:
+                lat = time_predict(session.predict, inputs, measure, lambda: first_timed.append(time.time()), tick)
             device_timing = _device_timing(session, lat)
             if launched and len(first_timed) == 1:
                 cold.launch_to_timed_ms = (first_timed[0] - launched) * 1e3

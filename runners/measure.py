@@ -81,6 +81,7 @@ def time_predict(
     inputs: Inputs,
     spec: MeasureSpec,
     on_start: Callable[[], None] | None = None,
+    progress: Callable[[int, float], None] | None = None,
 ) -> Latency:
     """Warm up, then time calls until both `min_iterations` and `min_seconds` are reached.
 
@@ -89,7 +90,8 @@ def time_predict(
 
     Batches are cycled in a fixed order so every variant sees the same inputs. GC is paused in the
     timed loop so a collection does not land in one backend's samples and not another's.
-    `on_start` is called just before the first timed call.
+    `on_start` is called just before the first timed call; `progress` after each timed call, outside
+    its sample, with (iterations so far, seconds since the first).
     """
     batches = inputs.batches
     probe_before = speed_probe_per_cpu_ms()
@@ -113,6 +115,8 @@ def time_predict(
             samples.append((time.perf_counter_ns() - t0) / 1e6)
             i += 1
             elapsed = (time.perf_counter_ns() - start) / 1e9
+            if progress is not None:
+                progress(i, elapsed)
             enough = i >= spec.min_iterations and elapsed >= spec.min_seconds
             if enough or elapsed >= spec.max_seconds or i >= spec.max_iterations:
                 break
