@@ -185,11 +185,12 @@ _STEP_END = re.compile(r"^#(\d+) (?:DONE|CACHED)\b")
 
 
 class BuildSteps:
-    """Counts a BuildKit build's steps (per stage, as `[stage n/m]` numbers them) from its plain output."""
+    """Counts a BuildKit build's steps (per stage, as `[stage n/m]` numbers them, less the FROM) from its plain
+    output."""
 
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
-        self.totals: dict[str, int] = {}  # stage -> its step count
+        self.totals: dict[str, int] = {}  # stage -> its step count after FROM
         self.started: dict[str, str] = {}  # BuildKit vertex id -> `[stage n/m] instruction`
         self.finished: set[str] = set()
         self.current = ""
@@ -201,7 +202,11 @@ class BuildSteps:
         """The build's progress after `line`, or None when the line says nothing about steps."""
         if m := _STEP_START.match(line):
             vertex, stage, n, of, instruction = m.groups()
-            self.totals[stage or ""] = int(of)
+            if instruction.startswith("FROM "):
+                # Not counted: stages with the same base share one FROM vertex, named after any one of
+                # them (even a stage of another build), so it cannot be attributed.
+                return None
+            self.totals[stage or ""] = int(of) - 1
             self.started[vertex] = f"[{stage + ' ' if stage else ''}{n}/{of}] {instruction}"
             self.current = self.started[vertex]
         elif (m := _STEP_END.match(line)) and m[1] in self.started:

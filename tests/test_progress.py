@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -204,7 +205,12 @@ def test_a_real_build_jobs_fine_tune_progress_reaches_the_launchers_line(tmp_pat
     """The tiny reference fine-tuned in a subprocess, as `python -m bench --runtime venv` runs it."""
     work = tmp_path / "w"
     work.mkdir()
-    (work / "matrix.toml").write_text(TINY_MATRIX)
+    # 64 examples, 1 epoch: a few real optimiser steps are enough to see the events cross the process boundary.
+    small = TINY_MATRIX.replace(
+        'method = "full"\nepochs = 2\n', 'method = "full"\nepochs = 1\nmax_train_examples = 64\n'
+    )
+    assert small != TINY_MATRIX
+    (work / "matrix.toml").write_text(small)
     matrix = load_matrix(work / "matrix.toml", builders=builders.registry())
     [ref] = [b for b in build_jobs(matrix, "tiny", ()) if b.variant == REFERENCE]
     monkeypatch.chdir(REPO)
@@ -214,3 +220,38 @@ def test_a_real_build_jobs_fine_tune_progress_reaches_the_launchers_line(tmp_pat
     assert job.state == "done", job.log_tail
     assert "build tiny/reference: fine-tune: step 0/" in screen and ", done in " in screen, screen
     assert (work / "artifacts" / ref.key / "manifest.json").is_file()
+
+
+@pytest.mark.docker
+def test_image_build_progress_counts_buildkit_steps(tmp_path):
+    """A real (tiny, uncached) BuildKit build: its plain output read into steps done / total."""
+    import subprocess
+    import uuid
+
+    from bench import JobOutput, stream
+    from bench.docker import BuildSteps, docker_binary
+
+    docker = docker_binary()
+    if subprocess.run([docker, "info"], capture_output=True).returncode != 0:
+        pytest.skip("no Docker engine reachable (containers/provision.sh starts one on Debian)")
+    base = "debian:bookworm-slim"
+    if subprocess.run([docker, "image", "inspect", base], capture_output=True).returncode != 0:
+        pytest.skip(f"no local {base} image (containers/provision.sh makes one)")
+    token = uuid.uuid4().hex  # new content each time: no step is cached
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {base} AS one\nRUN echo {token} > /a\nFROM {base}\nCOPY --from=one /a /a\nRUN cat /a\n"
+    )
+    tag = f"quantmatrix-progress-test:{token[:12]}"
+    steps = BuildSteps()
+    seen: list[str] = []
+    output = JobOutput(tmp_path / "build.log", on_progress=seen.append, parse=steps.feed)
+    cmd = [docker, "build", "--progress=plain", "-t", tag, str(tmp_path)]
+    try:
+        code, text = stream(cmd, timeout=300, env={**os.environ, "DOCKER_BUILDKIT": "1"}, output=output)
+    finally:
+        output.close()
+        subprocess.run([docker, "rmi", "-f", tag], capture_output=True)
+    assert code == 0, text[-2000:]
+    assert steps.totals == {"one": 1, "stage-1": 2} and len(steps.finished) == 3, text[-2000:]
+    assert seen[-1].startswith("image build: ") and "step 3/3" in seen[-1]
+    assert token in (tmp_path / "build.log").read_text()
