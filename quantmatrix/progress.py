@@ -200,7 +200,8 @@ class TimingProgress(Progress):
 
     def __call__(self, iterations: int, elapsed_s: float) -> None:
         if time.perf_counter() - self._last_emit < self.every:
-            return  # the cheap path: this runs between timed calls
+            self.done = iterations  # the cheap path (this runs between timed calls); the final event reports it
+            return
         left = timing_seconds_left(iterations, elapsed_s, *self.limits)
         expected = round(iterations + left * iterations / max(elapsed_s, 1e-9))  # at the rate so far
         self.update(iterations, total=max(iterations, expected), eta_s=left)
@@ -238,9 +239,26 @@ class Harmless:
 # The one list. Each entry says why the notice is harmless for quantmatrix; add to it only with a reason.
 HARMLESS: tuple[Harmless, ...] = (
     Harmless(
-        "torch pytree deprecation",
-        r"torch\.utils\._pytree\._register_pytree_node`? is deprecated",
-        "raised by libraries (transformers, optimum) registering types with torch's old pytree API; no effect",
+        "torch pytree notices",
+        r"torch\.utils\._pytree\._register_pytree_node`? is deprecated|torch/utils/_pytree\.py:\d+\] ",
+        "libraries (transformers, optimum, torchao) registering their types with torch's pytree API the old way, "
+        "at import; nothing quantmatrix calls",
+    ),
+    Harmless(
+        "torchao optional kernels",
+        r"Failed to load \S*torchao/_C_\w+[^:]*\.so: Could not load this library",
+        "torchao's MXFP8 / CUTLASS extension kernels, built for other Python or CUDA versions; quantmatrix's "
+        "torchao recipes (int8 dynamic, PT2E) do not use them",
+    ),
+    Harmless(
+        "transformers torch_dtype rename",
+        r"`torch_dtype` is deprecated! Use `dtype` instead!",
+        "Optimum's ONNX export passes the old argument name to transformers; the dtype it asks for is used",
+    ),
+    Harmless(
+        "fast tokenizer pad hint",
+        r"You're using a \w+TokenizerFast tokenizer\. Please note that with a fast tokenizer",
+        "a speed hint: training pads pre-tokenised batches on purpose (tokenised once, padded per batch)",
     ),
     Harmless(
         "transformers new-head notice",
@@ -257,8 +275,17 @@ HARMLESS: tuple[Harmless, ...] = (
     ),
 )
 _HARMLESS_RE = re.compile("|".join(f"(?:{h.pattern})" for h in HARMLESS))
-# A Python warning as `warnings` prints it (`file.py:12: UserWarning: text`), or a logging WARNING line.
-_WARNING_RE = re.compile(r"^\S+:\d+: \w*Warning: |^WARNING\b|^\w*Warning: ")
+# A Python warning as `warnings` prints it (`file.py:12: UserWarning: text`), a logging WARNING line, or a
+# warning from torch's C++-style logger (`W1202 18:03:29.539000 5111 torch/x.py:630] text`).
+_WARNING_RE = re.compile(r"^\S+:\d+: \w*Warning: |^WARNING\b|^\w*Warning: |^W\d{4} [\d:.]+ +\d+ \S+:\d+\] ")
+
+
+def harmless_table() -> str:
+    """The `HARMLESS` list as the markdown table in docs/progress.md (a test keeps the two equal)."""
+    rows = ["| Notice | Matches | Why it is harmless |", "| --- | --- | --- |"]
+    # Double backticks: some patterns hold a backtick themselves.
+    rows += [f"| {h.name} | {' or '.join(f'`` {p} ``' for p in h.pattern.split('|'))} | {h.why} |" for h in HARMLESS]
+    return "\n".join(rows) + "\n"
 
 
 def is_harmless(line: str) -> bool:
