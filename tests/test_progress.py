@@ -268,3 +268,37 @@ def test_image_build_progress_counts_buildkit_steps(tmp_path):
     assert steps.totals == {"one": 1, "stage-1": 2} and len(steps.finished) == 3, text[-2000:]
     assert seen[-1].startswith("image build: ") and "step 3/3" in seen[-1]
     assert token in (tmp_path / "build.log").read_text()
+
+
+@pytest.mark.docker
+def test_progress_events_from_a_container_reach_the_status_line(tmp_path):
+    """A real `docker run` through DockerLauncher: the container's events stream out as it prints them."""
+    import subprocess
+
+    from bench.docker import DockerLauncher, docker_binary
+
+    docker = docker_binary()
+    if subprocess.run([docker, "info"], capture_output=True).returncode != 0:
+        pytest.skip("no Docker engine reachable (containers/provision.sh starts one on Debian)")
+    base = "debian:bookworm-slim"
+    if subprocess.run([docker, "image", "inspect", base], capture_output=True).returncode != 0:
+        pytest.skip(f"no local {base} image (containers/provision.sh makes one)")
+    (tmp_path / "matrix.toml").write_text("")
+    events = [
+        ProgressEvent(what="calibrate", done=i, total=3, elapsed_s=i, eta_s=3 - i, unit="batch").line() for i in (1, 2)
+    ]
+    # The image has no Python: the job is a shell printing what a Python job would.
+    script = f"echo 'calibrating'; echo '{events[0]}'; sleep 1; echo '{events[1]}'"
+    launcher = DockerLauncher(
+        image=base, matrix=tmp_path / "matrix.toml", artifacts=tmp_path / "a", results=tmp_path / "r", docker=docker
+    )
+    screen = io.StringIO()
+    job = Job(kind="build", name="build tiny/ort-int8-static", argv=["sh", "-c", script])
+    [job] = execute(
+        Plan(jobs=[job], cells=0), launcher, Store(tmp_path / "a"),
+        console=Console(screen, tty=False, every=0), log_dir=tmp_path / "logs",
+    )  # fmt: skip
+    assert job.state == "done", job.log_tail
+    assert "build tiny/ort-int8-static: calibrate: batch 1/3, ETA 2s" in screen.getvalue()
+    assert "build tiny/ort-int8-static: calibrate: batch 2/3, ETA 1s" in screen.getvalue()
+    assert "calibrating" not in screen.getvalue() and "calibrating" in job.log_path.read_text()
