@@ -6,19 +6,25 @@ runtime; only the launcher differs (a subprocess in this venv, or a `docker run 
 
 from __future__ import annotations
 
+import math
 import os
+import queue
+import re
+import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TextIO
 
 from quantmatrix.capabilities import Capabilities, Capability
 from quantmatrix.errors import SpecError
 from quantmatrix.hardware import LAUNCHED_AT_ENV
 from quantmatrix.plan import GENERATION, REFERENCE, build_jobs, cell_modes, variants_for
+from quantmatrix.progress import ProgressEvent, is_harmless, is_warning, parse_event
 from quantmatrix.spec import Matrix
 from quantmatrix.store import Store
 
@@ -44,6 +50,7 @@ class Job:
     seconds: float = 0.0
     reason: str = ""
     log_tail: str = ""
+    log_path: Path | None = None  # the job's whole output, when the launch was given a log directory
 
 
 class Backend(Protocol):
@@ -212,6 +219,138 @@ def analysis_jobs(
     return jobs
 
 
+class Console:
+    """The launcher's screen: permanent lines, one status line for the running job, warnings worth reading.
+
+    On a terminal the status line is redrawn in place at every progress event; into a file or a
+    pipe (CI logs) it is printed as a new line at most every `every` seconds, so the log stays short.
+    """
+
+    def __init__(self, out: TextIO | None = None, *, tty: bool | None = None, every: float = 30.0) -> None:
+        self.out = out or sys.stdout
+        self.tty = self.out.isatty() if tty is None else tty
+        self.every = every
+        self._drawn = False
+        self._last_status = time.monotonic()
+        self._warned: set[str] = set()
+
+    def line(self, text: str) -> None:
+        self._clear()
+        self.out.write(text + "\n")
+        self.out.flush()
+        self._last_status = time.monotonic()
+
+    def status(self, text: str) -> None:
+        if self.tty:
+            width = shutil.get_terminal_size((120, 24)).columns - 1
+            self.out.write("\r\x1b[K" + text[:width])
+            self.out.flush()
+            self._drawn = True
+        elif time.monotonic() - self._last_status >= self.every:
+            self.line(text)
+
+    def warning(self, source: str, text: str) -> None:
+        """A warning from a job, shown once per run however many jobs print it (all of it stays in the logs)."""
+        if text not in self._warned:
+            self._warned.add(text)
+            self.line(f"  warning ({source}): {text}")
+
+    def _clear(self) -> None:
+        if self._drawn:
+            self.out.write("\r\x1b[K")
+            self._drawn = False
+
+
+class JobOutput:
+    """Where a running job's output lines go: all to its log file; progress events (what `parse` finds) to the
+    status line; warnings not on the known-harmless list to the console."""
+
+    def __init__(
+        self,
+        log_path: Path | None = None,
+        *,
+        on_progress: Callable[[str], None] | None = None,
+        on_warning: Callable[[str], None] | None = None,
+        parse: Callable[[str], ProgressEvent | None] = parse_event,
+    ) -> None:
+        self.log_path = log_path
+        self.parse = parse
+        self.on_progress = on_progress
+        self.on_warning = on_warning
+        self._file: TextIO | None = None
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            # Appended, not replaced: a resumed run keeps the log of the attempt before it. Written as it
+            # comes (not atomically) so a long job can be followed with `tail -f`.
+            self._file = log_path.open("a", encoding="utf-8")
+            self._file.write(f"=== launched {time.strftime('%Y-%m-%dT%H:%M:%S%z')} ===\n")
+
+    def line(self, text: str) -> None:
+        if self._file is not None:
+            self._file.write(text + "\n")
+            self._file.flush()
+        event = self.parse(text)
+        if event is not None:
+            if self.on_progress is not None:
+                self.on_progress(event.describe())
+        elif self.on_warning is not None and is_warning(text):
+            self.on_warning(text.strip())
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def stream(
+    cmd: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None, output: JobOutput | None = None
+) -> tuple[int, str]:
+    """Run `cmd`, handing each line of its combined stdout/stderr to `output` as it comes.
+
+    Returns (exit code, everything it printed); 124 when it ran past `timeout` (it is then killed).
+    """
+    proc = subprocess.Popen(
+        list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", env=env
+    )
+    assert proc.stdout is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump(pipe: TextIO) -> None:
+        for text in pipe:
+            lines.put(text)
+        lines.put(None)
+
+    threading.Thread(target=pump, args=(proc.stdout,), daemon=True).start()
+    got: list[str] = []
+    deadline = time.monotonic() + timeout
+    exited_at = math.inf
+    try:
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                proc.kill()
+                proc.wait()
+                return 124, "".join(got)
+            try:
+                item = lines.get(timeout=min(1.0, deadline - now))
+            except queue.Empty:
+                if proc.poll() is not None:
+                    exited_at = min(exited_at, now)
+                    if now - exited_at > 2:  # a grandchild holds the pipe open; the job itself is over
+                        break
+                continue
+            if item is None:
+                break
+            got.append(item)
+            if output is not None:
+                output.line(item.rstrip("\n"))
+        return proc.wait(), "".join(got)
+    except BaseException:  # Ctrl-C: never leave the job running behind us
+        proc.kill()
+        proc.wait()
+        raise
+
+
 class Launcher:
     """Runs one job's argv in isolation; returns (exit code, combined output).
 
@@ -223,19 +362,25 @@ class Launcher:
     def describe(self) -> str:
         return f"{self.name} ({sys.prefix})"
 
-    def launch(self, job: Job, timeout: float) -> tuple[int, str]:
-        env = {**os.environ, LAUNCHED_AT_ENV: repr(time.time())}
-        try:
-            proc = subprocess.run([sys.executable, *job.argv], capture_output=True, text=True, timeout=timeout, env=env)
-        except subprocess.TimeoutExpired as e:
-            out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-            return 124, out
-        return proc.returncode, proc.stdout + proc.stderr
+    def launch(self, job: Job, timeout: float, output: JobOutput | None = None) -> tuple[int, str]:
+        # Unbuffered, so stdout and stderr lines reach the log in the order the job printed them.
+        env = {**os.environ, LAUNCHED_AT_ENV: repr(time.time()), "PYTHONUNBUFFERED": "1"}
+        return stream([sys.executable, *job.argv], timeout=timeout, env=env, output=output)
+
+
+def quiet_output(output: str) -> str:
+    """A job's output without progress events and known-harmless notices: what a failure record keeps."""
+    return "\n".join(ln for ln in output.splitlines() if parse_event(ln) is None and not is_harmless(ln))
+
+
+def log_name(job: Job) -> str:
+    """The job's log file name: its name with anything but letters, digits, `.` and `-` as `_`."""
+    return re.sub(r"[^\w.-]+", "_", job.name).strip("_") + ".log"
 
 
 def failure_line(output: str) -> str:
     """The line of a job's output that says why it failed (not a warning printed after it)."""
-    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in quiet_output(output).splitlines() if ln.strip()]
     for marks in (("[failed]", "error:"), ("Error:", "Error ", "Exception:", "Killed")):
         for line in reversed(lines):
             if any(m in line for m in marks):
@@ -264,8 +409,16 @@ def execute(
     log: Callable[[str], None] = print,
     on_failure: Callable[[Job], None] | None = None,
     is_done: Callable[[Job], bool] | None = None,
+    console: Console | None = None,
+    log_dir: Path | None = None,
 ) -> list[Job]:
-    """Run jobs in dependency order. A failed build fails its dependants' runs with its reason; others go on."""
+    """Run jobs in dependency order. A failed build fails its dependants' runs with its reason; others go on.
+
+    With a `console`, lines go to it (not `log`) and each running job's progress redraws its status
+    line; with a `log_dir`, each job's whole output is kept in `<log_dir>/<job name>.log`.
+    """
+    if console is not None:
+        log = console.line
     jobs = plan_.jobs
     by_name = plan_.by_name()
     # Only temp directories whose build died: another run's build in progress is left alone.
@@ -275,15 +428,20 @@ def execute(
 
     def launch(i: int, job: Job) -> None:
         log(_line(i, total, job, "running", t_start))
+        job.log_path = log_dir / log_name(job) if log_dir is not None else None
+        output = _job_output(i, total, job, t_start, console)
         t0 = time.perf_counter()
-        code, output = launcher.launch(job, timeout)
+        try:
+            code, text = launcher.launch(job, timeout, output)
+        finally:
+            output.close()
         job.seconds = time.perf_counter() - t0
-        job.log_tail = output[-LOG_TAIL:]
+        job.log_tail = quiet_output(text)[-LOG_TAIL:]
         if code == 0:
             job.state = "done"
         else:
             job.state = "failed"
-            job.reason = f"{exit_reason(code, timeout)}: {failure_line(output)[:300]}"
+            job.reason = f"{exit_reason(code, timeout)}: {failure_line(text)[:300]}"
             if on_failure is not None:
                 on_failure(job)
 
@@ -324,17 +482,30 @@ def build_record(jobs: Sequence[Job]) -> str:
     return "builds: " + (", ".join(f"{n} {what}" for what, n in counts.items()) or "none")
 
 
+def _job_output(i: int, total: int, job: Job, t_start: float, console: Console | None) -> JobOutput:
+    if console is None:
+        return JobOutput(job.log_path)
+
+    def progress(detail: str) -> None:
+        console.status(_line(i, total, job, "running", t_start, detail))
+
+    return JobOutput(job.log_path, on_progress=progress, on_warning=lambda text: console.warning(job.name, text))
+
+
 def _bar(done: int, total: int, width: int = 20) -> str:
     filled = round(width * done / max(1, total))
     return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
-def _line(i: int, total: int, job: Job, state: str, t_start: float) -> str:
+def _line(i: int, total: int, job: Job, state: str, t_start: float, detail: str = "") -> str:
     elapsed = time.perf_counter() - t_start
     took = f" {job.seconds:6.1f}s" if state in ("done", "failed") else ""
     extra = f"  {job.reason}" if state == "failed" and job.reason else ""
+    if state == "failed" and job.log_path is not None:
+        extra += f"  (log: {job.log_path})"
     bar = _bar(i if state != "running" else i - 1, total)
-    return f"{bar} {i:3}/{total} {state:8}{took} {job.name}{extra}  (t+{elapsed:.0f}s)"
+    what = f"{job.name}: {detail}" if detail else job.name
+    return f"{bar} {i:3}/{total} {state:8}{took} {what}{extra}  (t+{elapsed:.0f}s)"
 
 
 def record_failure(job: Job, matrix: Matrix, profile: str, store: Store, results: Path, run_id: str) -> None:

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import builders
     import runners
-    from bench import Job, Launcher, build_record, execute, plan, record_failure, run_is_done
+    from bench import Console, Job, Launcher, build_record, execute, plan, record_failure, run_is_done
     from quantmatrix.hardware import describe, fingerprint
     from quantmatrix.spec import load_matrix
     from quantmatrix.store import Store
@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         fp = fingerprint()
         run_id = args.run_id or f"{args.profile}-{args.device}-{fp.machine_id}"
         matrix_arg, artifacts_arg, results_arg = str(args.matrix), str(args.artifacts), str(args.results)
+        console = Console()
+        log_dir = args.results / run_id / "logs"  # each job's whole output; the console shows its progress
         launcher: Launcher = Launcher()
         launcher.name = args.runtime
         if args.runtime == "docker":
@@ -77,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
             )
 
             docker = docker_binary()
-            tag = ensure_image(args.device, torch_index_url=args.torch_index_url, wheelhouse=args.wheelhouse)
+            tag = ensure_image(
+                args.device, torch_index_url=args.torch_index_url, wheelhouse=args.wheelhouse,
+                log=console.line, status=console.status, log_path=log_dir / f"image-{args.device}.log",
+            )  # fmt: skip
             if args.device == "cuda":
                 check_nvidia_runtime(docker)
             # Every job reads the matrix as it was when the run was planned, even if the file is
@@ -126,7 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         def is_done(job: Job) -> bool:
             return run_is_done(job, matrix, args.profile, store, args.results.resolve(), run_id)
 
-        jobs = execute(p, launcher, store, timeout=args.timeout, on_failure=on_failure, is_done=is_done)
+        jobs = execute(
+            p, launcher, store, timeout=args.timeout, on_failure=on_failure, is_done=is_done,
+            console=console, log_dir=log_dir,
+        )  # fmt: skip
+        print(f"job logs: {log_dir}")
         print(f"\nfinished in {time.perf_counter() - t0:.0f}s; {build_record(jobs)}")
         results, errors = load_results([args.results / run_id])
         rows = summarise(results)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -17,15 +18,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import Job, Launcher
+from bench import Console, Job, JobOutput, Launcher, exit_reason, failure_line, stream
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.hardware import LAUNCHED_AT_ENV
+from quantmatrix.progress import ProgressEvent, eta_seconds, format_duration
 from quantmatrix.spec import Matrix
 
 ROOT = Path(__file__).resolve().parent.parent
 CODE_DIRS = ("quantmatrix", "builders", "runners", "bench")
 DEVICES = ("cpu", "cuda")
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+BUILD_TIMEOUT_S = 3 * 3600  # a cold CUDA image build takes minutes; hours means it hangs
 
 
 class DockerError(QuantmatrixError):
@@ -134,8 +137,14 @@ def ensure_image(
     wheelhouse: Path | None = None,
     ca_bundle: Path | None = CA_BUNDLE,
     log: Callable[[str], None] = print,
+    status: Callable[[str], None] | None = None,
+    log_path: Path | None = None,
 ) -> str:
-    """The image's tag, building it first (with progress shown) unless an image with that tag exists."""
+    """The image's tag, building it first unless an image with that tag exists.
+
+    The build's output goes to `log_path` (default build/logs/image-<device>.log); `status` gets a
+    line per build step (`image build: [runtime 3/8] COPY ... step 9/14, ETA 40s`).
+    """
     docker = docker_binary()
     check_engine(docker)
     tag = image_tag(device)
@@ -151,15 +160,65 @@ def ensure_image(
                 shutil.copy2(wheel, house / wheel.name)
                 log(f"wheelhouse: {wheel.name}")
     cmd = build_command(docker, device, tag, torch_index_url=torch_index_url, ca_bundle=ca_bundle)
-    log(f"[build ] image {tag}: {' '.join(cmd)}")
-    env = {**os.environ, "DOCKER_BUILDKIT": "1"}
-    proc = subprocess.run(cmd, env=env)
-    if proc.returncode != 0:
+    log_path = log_path or ROOT / "build" / "logs" / f"image-{device}.log"
+    log(f"[build ] image {tag} (log: {log_path}): {' '.join(cmd)}")
+    steps = BuildSteps()
+    output = JobOutput(log_path, on_progress=status, parse=steps.feed)
+    try:
+        code, text = stream(cmd, timeout=BUILD_TIMEOUT_S, env={**os.environ, "DOCKER_BUILDKIT": "1"}, output=output)
+    finally:
+        output.close()
+    if code != 0:
         raise DockerError(
-            f"building {tag} failed (exit {proc.returncode}); the build log is above. Without "
-            "network to the PyTorch index pass --wheelhouse DIR holding torch-*+cpu wheels"
+            f"building {tag} failed ({exit_reason(code, BUILD_TIMEOUT_S)}: {failure_line(text)[:300]}); the whole "
+            f"build log is in {log_path}. Without network to the PyTorch index pass --wheelhouse DIR holding "
+            "torch-*+cpu wheels"
         )
+    log(f"[built ] image {tag} in {format_duration(steps.elapsed())}")
     return tag
+
+
+# BuildKit's plain output: `#7 [build 2/6] RUN pip install ...` starts step 7; `#7 DONE 3.1s` or
+# `#7 CACHED` ends it. Docker 20.10 has no machine-readable progress format, so this reads the plain one.
+_STEP_START = re.compile(r"^#(\d+) \[(?:([\w.-]+) )?(\d+)/(\d+)\] (.*)$")
+_STEP_END = re.compile(r"^#(\d+) (?:DONE|CACHED)\b")
+
+
+class BuildSteps:
+    """Counts a BuildKit build's steps (per stage, as `[stage n/m]` numbers them, less the FROM) from its plain
+    output."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.totals: dict[str, int] = {}  # stage -> its step count after FROM
+        self.started: dict[str, str] = {}  # BuildKit vertex id -> `[stage n/m] instruction`
+        self.finished: set[str] = set()
+        self.current = ""
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def feed(self, line: str) -> ProgressEvent | None:
+        """The build's progress after `line`, or None when the line says nothing about steps."""
+        if m := _STEP_START.match(line):
+            vertex, stage, n, of, instruction = m.groups()
+            if instruction.startswith("FROM "):
+                # Not counted: stages with the same base share one FROM vertex, named after any one of
+                # them (even a stage of another build), so it cannot be attributed.
+                return None
+            self.totals[stage or ""] = int(of) - 1
+            self.started[vertex] = f"[{stage + ' ' if stage else ''}{n}/{of}] {instruction}"
+            self.current = self.started[vertex]
+        elif (m := _STEP_END.match(line)) and m[1] in self.started:
+            self.finished.add(m[1])
+        else:
+            return None
+        done, total, elapsed = len(self.finished), sum(self.totals.values()), self.elapsed()
+        note = self.current if len(self.current) <= 60 else self.current[:57] + "..."
+        return ProgressEvent(
+            what="image build", done=done, total=total, elapsed_s=round(elapsed, 3),
+            eta_s=eta_seconds(done, total, elapsed), unit="step", note=note,
+        )  # fmt: skip
 
 
 @dataclass
@@ -224,7 +283,7 @@ class DockerLauncher(Launcher):
             *self.read_only_mounts(),
             "-v", f"{self.artifacts}:{self.ARTIFACTS}",
             "-v", f"{self.results}:{self.RESULTS}",
-            "-e", "QUANTMATRIX_RUNTIME=docker", "-e", f"QUANTMATRIX_IMAGE={self.image}",
+            "-e", "QUANTMATRIX_RUNTIME=docker", "-e", f"QUANTMATRIX_IMAGE={self.image}", "-e", "PYTHONUNBUFFERED=1",
             "-e", f"{LAUNCHED_AT_ENV}={time.time()!r}",
         ]  # fmt: skip
         if self.cpuset:
@@ -235,19 +294,18 @@ class DockerLauncher(Launcher):
             cmd += ["--gpus", "all"]
         return [*cmd, self.image, *job.argv]
 
-    def launch(self, job: Job, timeout: float) -> tuple[int, str]:
+    def launch(self, job: Job, timeout: float, output: JobOutput | None = None) -> tuple[int, str]:
         # Not --rm: the container is inspected after it exits (was it the OOM killer?), then removed.
+        # The client streams the container's output as it comes, so progress events arrive live.
         container = f"qm-{uuid.uuid4().hex[:12]}"
         try:
-            proc = subprocess.run(self.command(job, container), capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired as e:
-            self._remove(container)
-            out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-            return 124, out
+            code, text = stream(self.command(job, container), timeout=timeout, output=output)
         except BaseException:  # Ctrl-C: never leave a container running behind us
             self._remove(container)
             raise
-        code, output = proc.returncode, proc.stdout + proc.stderr
+        if code == 124:
+            self._remove(container)
+            return code, text
         if code == 137:
             state = subprocess.run(
                 [self.docker, "inspect", "--format", "{{.State.OOMKilled}}", container], capture_output=True, text=True
@@ -255,7 +313,7 @@ class DockerLauncher(Launcher):
             if state.stdout.strip() != "true":
                 code = -9  # killed by someone (docker kill, Ctrl-C elsewhere), not by the OOM killer
         self._remove(container)
-        return code, output
+        return code, text
 
     def _remove(self, container: str) -> None:
         subprocess.run([self.docker, "rm", "-f", container], capture_output=True)
@@ -284,9 +342,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--wheelhouse", type=Path, default=None, help="directory with torch-*+cpu wheels")
     ap.add_argument("--torch-index-url", default=None, help="PyTorch wheel index ('' for none)")
     args = ap.parse_args(argv)
+    console = Console()
     try:
         for device in parse_devices(args.devices):
-            tag = ensure_image(device, torch_index_url=args.torch_index_url, wheelhouse=args.wheelhouse)
+            tag = ensure_image(
+                device, torch_index_url=args.torch_index_url, wheelhouse=args.wheelhouse,
+                log=console.line, status=console.status,
+            )  # fmt: skip
             print(f"{device}: {tag}")
     except QuantmatrixError as e:
         print(f"error: {e}", file=sys.stderr)

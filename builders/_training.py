@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from quantmatrix.errors import QuantmatrixError
+from quantmatrix.progress import Progress
 
 
 def seed_all(seed: int) -> None:
@@ -48,6 +49,7 @@ def fine_tune(
     batch_size: int,
     learning_rate: float,
     seed: int,
+    what: str = "fine-tune",
 ) -> Training:
     """`epochs` passes (fractions allowed) over `examples` training examples in shuffled batches.
 
@@ -63,15 +65,17 @@ def fine_tune(
     total_steps = max(1, int(epochs * math.ceil(examples / batch_size)))
     optim = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01)
     t0, step, losses = time.perf_counter(), 0, []
-    while step < total_steps:
-        for idx in shuffled_batches(examples, batch_size, rng):
-            if step >= total_steps:
-                break
-            loss = loss_of(idx)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optim.step()
-            optim.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            step += 1
+    with Progress(total_steps, what, unit="step") as progress:
+        while step < total_steps:
+            for idx in shuffled_batches(examples, batch_size, rng):
+                if step >= total_steps:
+                    break
+                loss = loss_of(idx)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optim.step()
+                optim.zero_grad(set_to_none=True)
+                losses.append(loss.item())
+                step += 1
+                progress.update(step)
     return Training(steps=step, seconds=time.perf_counter() - t0, losses=losses)

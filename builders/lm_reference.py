@@ -14,6 +14,7 @@ import numpy as np
 from builders import BuildContext, builder
 from quantmatrix.causal_lm import TorchLM, fixed_prompts, greedy, load_causal_lm, teacher_forced
 from quantmatrix.errors import QuantmatrixError
+from quantmatrix.progress import Progress
 from quantmatrix.records import DecoderArch, HfLoad, Manifest, TensorSpec
 
 
@@ -41,14 +42,18 @@ def build(ctx: BuildContext, params: LmReferenceParams) -> Manifest:
     texts = [e.text for e in ctx.data.split("test")]
     prompts = fixed_prompts(tokenizer, texts, gen.prompts, gen.prompt_tokens)
     stepper = TorchLM(model)
-    cached, _ = greedy(stepper, prompts, gen.new_tokens, use_cache=True)
-    uncached, _ = greedy(stepper, prompts, gen.new_tokens, use_cache=False)
-    if not np.array_equal(cached, uncached):
-        raise QuantmatrixError(
-            f"FP32 greedy tokens with the KV cache differ from those without it at "
-            f"{int((cached != uncached).sum())} of {cached.size} positions"
-        )
-    logits = teacher_forced(stepper, prompts, cached)
+    with Progress(3, "reference generation", unit="pass") as progress:
+        progress.update(0, note="greedy with KV cache")
+        cached, _ = greedy(stepper, prompts, gen.new_tokens, use_cache=True)
+        progress.update(1, note="greedy without KV cache")
+        uncached, _ = greedy(stepper, prompts, gen.new_tokens, use_cache=False)
+        if not np.array_equal(cached, uncached):
+            raise QuantmatrixError(
+                f"FP32 greedy tokens with the KV cache differ from those without it at "
+                f"{int((cached != uncached).sum())} of {cached.size} positions"
+            )
+        progress.update(2, note="teacher-forced logits")
+        logits = teacher_forced(stepper, prompts, cached)
     (ctx.out / "eval").mkdir()
     np.save(ctx.out / "eval" / "generation_prompts.npy", prompts, allow_pickle=False)
     np.save(ctx.out / "eval" / "generation_tokens.npy", cached, allow_pickle=False)

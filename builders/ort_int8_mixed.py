@@ -19,6 +19,7 @@ import numpy as np
 from builders import BuildContext, builder, link_tree
 from builders._onnx import load_tokenizer, onnx_manifest, ort_session, save_model, validation_check
 from quantmatrix.errors import QuantmatrixError
+from quantmatrix.progress import Progress
 from quantmatrix.records import Manifest, MixedPrecisionSearch, MixedPrecisionTrial, SensitivityTrial
 
 
@@ -141,10 +142,13 @@ def build(ctx: BuildContext, params: OrtInt8MixedParams) -> Manifest:
                 chosen = trial(params.k, ranking[: params.k])
             else:
                 mode = "search"
-                for k in range(len(ranking) + 1):
-                    if (candidate := trial(k, ranking[:k])).passed:
-                        chosen = candidate
-                        break
+                # Stops at the first passing k, so the total is an upper bound and an ETA would mislead.
+                with Progress(len(ranking) + 1, "mixed-precision search", unit="k", eta=False) as progress:
+                    for k in range(len(ranking) + 1):
+                        progress.update(k)
+                        if (candidate := trial(k, ranking[:k])).passed:
+                            chosen = candidate
+                            break
     assert chosen is not None  # every mode runs at least one trial; k = all units is the FP32 model
     keep = chosen.keep_fp32
     if mode == "search":

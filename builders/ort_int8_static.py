@@ -22,6 +22,7 @@ from builders._onnx import (
     validation_check,
 )
 from quantmatrix.errors import QuantmatrixError
+from quantmatrix.progress import Progress
 from quantmatrix.records import Manifest
 
 _METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile", "distribution": "Distribution"}
@@ -46,11 +47,18 @@ class OrtInt8StaticParams:
 class CalibrationReader:
     """Feeds tokenised calibration batches (padded to their longest member) to the calibrator."""
 
-    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+    def __init__(self, feeds: list[dict[str, np.ndarray]], progress: Progress | None = None) -> None:
         self._feeds = iter(feeds)
+        self._given = 0
+        self._progress = progress
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._feeds, None)
+        feed = next(self._feeds, None)
+        if feed is not None and self._progress is not None:
+            # A batch is handed over when the one before it has run through the model: close enough.
+            self._progress.update(self._given)
+            self._given += 1
+        return feed
 
 
 @builder("ort-int8-static", params=OrtInt8StaticParams, output_format="onnx")
@@ -81,20 +89,21 @@ def build(ctx: BuildContext, params: OrtInt8StaticParams) -> Manifest:
         # onnx shape inference types every MatMul input, which is all QDQ insertion needs.
         quant_pre_process(str(src.file()), str(prepared), skip_symbolic_shape=True)
         steps.append("prepare: quant_pre_process (onnx shape inference + ORT basic optimisation)")
-        quantize_static(
-            str(prepared),
-            str(ctx.out / "model.onnx"),
-            CalibrationReader(feeds),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(params.op_types) or None,
-            per_channel=params.per_channel,
-            reduce_range=params.reduce_range,
-            activation_type=types[params.activation_type],
-            weight_type=types[params.weight_type],
-            calibrate_method=getattr(CalibrationMethod, _METHODS[params.calibration_method]),
-            calibration_providers=["CPUExecutionProvider"],
-            extra_options={"ActivationSymmetric": True} if params.symmetric_activations else None,
-        )
+        with Progress(len(feeds), "calibrate", unit="batch") as progress:
+            quantize_static(
+                str(prepared),
+                str(ctx.out / "model.onnx"),
+                CalibrationReader(feeds, progress),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(params.op_types) or None,
+                per_channel=params.per_channel,
+                reduce_range=params.reduce_range,
+                activation_type=types[params.activation_type],
+                weight_type=types[params.weight_type],
+                calibrate_method=getattr(CalibrationMethod, _METHODS[params.calibration_method]),
+                calibration_providers=["CPUExecutionProvider"],
+                extra_options={"ActivationSymmetric": True} if params.symmetric_activations else None,
+            )
     steps.append(
         f"calibrate: {params.calibration_method} over {len(calibration)} calibration examples in {len(feeds)} batches"
     )

@@ -93,6 +93,7 @@ def build(ctx: BuildContext, params: QatPt2eParams) -> Manifest:
     run = fine_tune(
         prepared.parameters(), loss_of, len(train),
         epochs=params.epochs, batch_size=params.batch_size, learning_rate=params.learning_rate, seed=params.seed,
+        what="QAT (PT2E) fine-tune",
     )  # fmt: skip
     step, losses, train_seconds = run.steps, run.losses, run.seconds
     ctx.log(f"  QAT (PT2E): {step} steps in {train_seconds:.0f}s, final loss {np.mean(losses[-10:]):.4f}")

@@ -18,6 +18,7 @@ from builders import BuildContext, builder
 from builders._training import seed_all, shuffled_batches
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.metrics import quality
+from quantmatrix.progress import Progress
 from quantmatrix.records import EncoderArch, HfLoad, Manifest, TensorSpec
 
 
@@ -99,23 +100,25 @@ def build(ctx: BuildContext, params: ReferenceParams) -> Manifest:
     t0 = time.perf_counter()
     step = 0
     losses: list[float] = []
-    for epoch in range(epochs_int):
-        for idx in shuffled_batches(len(train), ft.batch_size, rng):
-            if step >= total_steps:
-                break
-            batch = tokenizer.pad({k: [enc[k][i] for i in idx] for k in enc}, return_tensors="pt")
-            out = model(**batch, labels=y[idx])
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optim.step()
-            sched.step()
-            optim.zero_grad(set_to_none=True)
-            losses.append(out.loss.item())
-            step += 1
-        ctx.log(
-            f"  epoch {epoch + 1}/{epochs_int}: mean loss {np.mean(losses[-batches_per_epoch:]):.4f} "
-            f"({time.perf_counter() - t0:.0f}s)"
-        )
+    with Progress(total_steps, "fine-tune", unit="step") as progress:
+        for epoch in range(epochs_int):
+            for idx in shuffled_batches(len(train), ft.batch_size, rng):
+                if step >= total_steps:
+                    break
+                batch = tokenizer.pad({k: [enc[k][i] for i in idx] for k in enc}, return_tensors="pt")
+                out = model(**batch, labels=y[idx])
+                out.loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optim.step()
+                sched.step()
+                optim.zero_grad(set_to_none=True)
+                losses.append(out.loss.item())
+                step += 1
+                progress.update(step, note=f"epoch {epoch + 1}/{epochs_int}")
+            ctx.log(
+                f"  epoch {epoch + 1}/{epochs_int}: mean loss {np.mean(losses[-batches_per_epoch:]):.4f} "
+                f"({time.perf_counter() - t0:.0f}s)"
+            )
     train_seconds = time.perf_counter() - t0
     steps.append(
         f"train: {step} steps, batch {ft.batch_size}, lr {ft.learning_rate}, {train_seconds:.1f}s, "

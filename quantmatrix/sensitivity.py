@@ -20,6 +20,7 @@ import numpy as np
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.inputs import int64_inputs
 from quantmatrix.metrics import agreement, quality
+from quantmatrix.progress import Progress
 from quantmatrix.records import SensitivityTrial
 
 Granularity = Literal["linear", "group"]
@@ -244,11 +245,13 @@ def scan(
 ) -> list[SensitivityTrial]:
     """One trial per unit: only that unit quantised, everything else FP32."""
     trials = []
-    for i, unit in enumerate(all_units, 1):
-        t = run_trial(src, work, settings, unit.name, unit.nodes, session_for, encoded, scorer)
-        log(
-            f"  [{i:2}/{len(all_units)}] {unit.name}: macro-F1 {t.macro_f1:.4f} (drop {t.f1_drop:+.4f}), "
-            f"agreement {t.agreement:.4f}, KL {t.mean_kl:.2e} ({t.quantize_seconds + t.eval_seconds:.1f}s)"
-        )
-        trials.append(t)
+    with Progress(len(all_units), "sensitivity scan", unit="unit") as progress:
+        for i, unit in enumerate(all_units, 1):
+            t = run_trial(src, work, settings, unit.name, unit.nodes, session_for, encoded, scorer)
+            log(
+                f"  [{i:2}/{len(all_units)}] {unit.name}: macro-F1 {t.macro_f1:.4f} (drop {t.f1_drop:+.4f}), "
+                f"agreement {t.agreement:.4f}, KL {t.mean_kl:.2e} ({t.quantize_seconds + t.eval_seconds:.1f}s)"
+            )
+            trials.append(t)
+            progress.update(i)
     return trials

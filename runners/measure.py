@@ -68,6 +68,7 @@ def time_predict(
     spec: MeasureSpec,
     on_start: Callable[[], None] | None = None,
     lock: TimingLock | None = None,
+    progress: Callable[[int, float], None] | None = None,
 ) -> Latency:
     """Warm up, then time calls until both `min_iterations` and `min_seconds` are reached.
 
@@ -76,7 +77,8 @@ def time_predict(
 
     Batches are cycled in a fixed order so every variant sees the same inputs. GC is paused in the
     timed loop so a collection does not land in one backend's samples and not another's.
-    `on_start` is called just before the first timed call.
+    `on_start` is called just before the first timed call; `progress` after each timed call, outside
+    its sample, with (iterations so far, seconds since the first).
 
     With `lock`, everything from the first probe to the last is done holding the machine-wide timing
     turn: the warm-up and the probes load the machine as hard as the loop, so inside the turn they
@@ -108,6 +110,8 @@ def time_predict(
                 samples.append((time.perf_counter_ns() - t0) / 1e6)
                 i += 1
                 elapsed = (time.perf_counter_ns() - start) / 1e9
+                if progress is not None:
+                    progress(i, elapsed)
                 enough = i >= spec.min_iterations and elapsed >= spec.min_seconds
                 if enough or elapsed >= spec.max_seconds or i >= spec.max_iterations:
                     break

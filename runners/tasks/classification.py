@@ -24,6 +24,7 @@ from quantmatrix.hardware import fingerprint, launched_at
 from quantmatrix.inputs import encode
 from quantmatrix.metrics import agreement, percentile_summary, quality, top_k
 from quantmatrix.plan import REFERENCE
+from quantmatrix.progress import timing_progress
 from quantmatrix.records import (
     BuildSummary,
     CanaryResult,
@@ -197,9 +198,15 @@ def _timed_cell(
     ctx.log(
         f"[time  ] {ctx.variant} on {ctx.runner.name}: batch {cell.batch_size}, {cell.seq_mode} (seq {inputs.seq_len})"
     )
-    lat = time_predict(
-        session.predict, inputs, measure, on_start=lambda: first_timed.append(time.time()), lock=ctx.timing_lock()
-    )
+    with timing_progress(f"timing b{cell.batch_size} {cell.seq_mode}", measure) as tick:
+        lat = time_predict(
+            session.predict,
+            inputs,
+            measure,
+            on_start=lambda: first_timed.append(time.time()),
+            lock=ctx.timing_lock(),
+            progress=tick,
+        )
     launched = launched_at()
     if launched and len(first_timed) == 1:
         cold.launch_to_timed_ms = (first_timed[0] - launched) * 1e3
