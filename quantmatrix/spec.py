@@ -397,6 +397,7 @@ class Matrix:
     profiles: Mapping[str, ProfileSpec]
     thresholds: Thresholds
     analyses: Mapping[str, AnalysisSpec] = field(default_factory=dict)
+    measure: MeasureSpec = field(default_factory=MeasureSpec)  # the file's `[measure]`, before profile overrides
 
     def profile(self, name: str) -> ProfileSpec:
         if name not in self.profiles:
@@ -638,6 +639,7 @@ def parse_matrix(
         profiles=profiles,
         thresholds=thresholds,
         analyses=analysis_specs,
+        measure=base_measure,
     )
 
 
