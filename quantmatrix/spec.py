@@ -386,6 +386,20 @@ class AnalysisSpec:
     )
 
 
+# Each top-level table of matrix.toml and the dataclass of its entries (or of itself), for the docs.
+SECTIONS: Mapping[str, type] = {
+    "settings": Settings,
+    "thresholds": Thresholds,
+    "measure": MeasureSpec,
+    "datasets": DatasetSpec,
+    "models": ModelSpec,
+    "runners": RunnerSpec,
+    "variants": VariantSpec,
+    "profiles": ProfileSpec,
+    "analyses": AnalysisSpec,
+}
+
+
 @dataclass(frozen=True)
 class Matrix:
     path: Path
@@ -674,11 +688,13 @@ def _analyses(
     return out
 
 
-def parse_params(kind: type[T], values: Mapping[str, Any], where: str) -> T:
+def parse_params(kind: Callable[..., T], values: Mapping[str, Any], where: str) -> T:
     """Build a params dataclass from a TOML table, checking names and types.
 
     `where` is the key path used in errors, e.g. 'matrix.toml: variants.ort-int8-static.params'.
+    A registry's `params: type` gives Any; a dataclass gives an instance of it.
     """
+    make = kind  # is_dataclass narrows `kind` to a type mypy cannot call back into T
     if not dataclasses.is_dataclass(kind):
         raise TypeError(f"{kind!r} is not a dataclass")
     fields = {f.name: f for f in dataclasses.fields(kind)}
@@ -690,7 +706,7 @@ def parse_params(kind: type[T], values: Mapping[str, Any], where: str) -> T:
     for name, value in values.items():
         kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
     try:
-        return kind(**kwargs)
+        return make(**kwargs)
     except (TypeError, ValueError) as e:
         raise SpecError(f"{where}: {e}") from None
 

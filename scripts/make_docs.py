@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import functools
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -21,20 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: import this checkout's packages
 
 from quantmatrix.records import atomic_write_text  # noqa: E402
-from quantmatrix.spec import (  # noqa: E402
-    AnalysisSpec,
-    DatasetSpec,
-    Matrix,
-    MeasureSpec,
-    ModelSpec,
-    ProfileSpec,
-    RunnerSpec,
-    Settings,
-    Thresholds,
-    VariantSpec,
-    load_matrix,
-    section_fields,
-)
+from quantmatrix.spec import SECTIONS, Matrix, MeasureSpec, load_matrix, section_fields  # noqa: E402
 
 BLOCK = re.compile(r"(<!-- generated: ([a-z-]+) -->\n)(.*?)(<!-- end generated -->)", re.DOTALL)
 
@@ -144,8 +132,8 @@ def variants_table(matrix: Matrix, builders: Mapping[str, Any], backends: Mappin
     on = planned_runners(matrix, builders, backends)
     profiles: dict[str, list[str]] = {}
     for p in matrix.profiles.values():
-        for v in p.variants:
-            profiles.setdefault(v, []).append(p.name)
+        for listed_variant in p.variants:
+            profiles.setdefault(listed_variant, []).append(p.name)
     rows = ["| variant | builder | from | params | measured on | profiles |", "|---|---|---|---|---|---|"]
     rows.append(
         f"| reference | the model's task: `reference` or `lm-reference` | — | — | {', '.join(on.get('reference', []))} "
@@ -184,20 +172,7 @@ def blocks(root: Path) -> dict[str, Callable[[], str]]:
 
     b, r = builders.registry(), runners.registry()
     matrix = load_matrix(root / "matrix.toml", builders=b, backends=r)
-    tables: dict[str, Callable[[], str]] = {
-        name: (lambda k=kind: key_table(k))
-        for name, kind in {
-            "settings": Settings,
-            "thresholds": Thresholds,
-            "measure": MeasureSpec,
-            "datasets": DatasetSpec,
-            "models": ModelSpec,
-            "runners": RunnerSpec,
-            "variants": VariantSpec,
-            "profiles": ProfileSpec,
-            "analyses": AnalysisSpec,
-        }.items()
-    }
+    tables: dict[str, Callable[[], str]] = {name: functools.partial(key_table, kind) for name, kind in SECTIONS.items()}
     tables["profile-list"] = lambda: profiles_table(matrix)
     tables["profile-names"] = lambda: profile_names(matrix)
     tables["builders"] = lambda: builders_table(b)
@@ -225,21 +200,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", type=Path, default=ROOT, help="checkout whose docs and matrix.toml to use")
     args = ap.parse_args(argv)
     tables = blocks(args.root)
-    stale = []
-    for rel in FILES:
-        path = args.root / rel
-        text = path.read_text(encoding="utf-8")
-        new = regenerate(text, tables, rel)
-        if new == text:
-            continue
-        if args.check:
-            stale.append(rel)
-        else:
-            atomic_write_text(path, new)
-            print(f"wrote {rel}")
-    if stale:
-        print(f"out of date: {', '.join(stale)}; run `python scripts/make_docs.py`", file=sys.stderr)
+    texts = {rel: (args.root / rel).read_text(encoding="utf-8") for rel in FILES}
+    outdated = {rel: new for rel, text in texts.items() if (new := regenerate(text, tables, rel)) != text}
+    if args.check and outdated:
+        print(f"out of date: {', '.join(outdated)}; run `python scripts/make_docs.py`", file=sys.stderr)
         return 1
+    for rel, new in {} if args.check else outdated.items():
+        atomic_write_text(args.root / rel, new)
+        print(f"wrote {rel}")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -113,3 +114,34 @@ def test_nox_clean_keeps_results_unless_asked(tmp_path, repo):
     assert clean("--", "--colour").returncode != 0 and (tmp_path / "results").exists()
     assert clean("--", "--results").returncode == 0
     assert not (tmp_path / "results").exists()
+
+
+def test_hand_written_params_tables_hold_the_dataclass_defaults(repo):
+    """docs/matrix.md's params tables for the sensitivity analysis and ort-int8-mixed keep hand-written
+    meanings; their defaults must still be the dataclasses' own."""
+    import importlib.util
+
+    import builders
+    import runners.analyses
+
+    spec = importlib.util.spec_from_file_location("make_docs", repo / "scripts" / "make_docs.py")
+    assert spec is not None and spec.loader is not None
+    make_docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_docs)
+    text = (repo / "docs" / "matrix.md").read_text(encoding="utf-8")
+    owners = {
+        "## `[analyses.<name>]`": runners.analyses.registry()["sensitivity"].params,
+        "## Mixed precision": builders.registry()["ort-int8-mixed"].params,
+    }
+    checked = 0
+    for heading, kind in owners.items():
+        section = text.split(heading, 1)[1].split("\n## ", 1)[0]
+        table = section.split("| param | default | meaning |", 1)[1].split("\n\n", 1)[0]
+        defaults = {f.name: f.default for f in dataclasses.fields(kind)}
+        for row in table.strip().splitlines()[1:]:
+            names_cell, default_cell = row.split(" | ")[:2]
+            names = re.findall(r"`(\w+)`", names_cell)
+            for name, shown in zip(names, default_cell.split(", "), strict=True):
+                assert shown == make_docs.toml_value(defaults[name]), f"{heading}: {name} shown {shown}"
+                checked += 1
+    assert checked >= 15
