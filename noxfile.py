@@ -136,8 +136,15 @@ def predict(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def clean(session: nox.Session) -> None:
-    """Remove generated artefacts, results and site (asks nothing: use with care)."""
-    for name in ("artifacts", "site"):
+    """Remove artifacts/ and site/; keep results/ (measurements) unless given `-- --results`."""
+    unknown = [a for a in session.posargs if a != "--results"]
+    if unknown:
+        session.error(f"clean: unknown argument(s) {unknown}; the only one is --results")
+    # Results are measurements that cannot be rebuilt from the code; artefacts and the site can.
+    names = ["artifacts", "site", *(["results"] if "--results" in session.posargs else [])]
+    for name in names:
         if (ROOT / name).exists():
             shutil.rmtree(ROOT / name)
             session.log(f"removed {name}/")
+    if "--results" not in session.posargs and (ROOT / "results").exists():
+        session.log("kept results/ (measurements); `nox -s clean -- --results` removes them too")

@@ -1,28 +1,93 @@
 """The matrix spec: `matrix.toml` loaded into frozen, typed objects, with one-line errors.
 
+Every section is parsed from its dataclass: a field's type says what the key holds, its default is
+the key's default, and its `Key` annotation documents it (docs/matrix.md is generated from these).
 Every error names the file, the key path (`variants.ort-int8-static.params.per_channel`) and what
 was expected, so a user can fix the file without reading a traceback.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import re
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from quantmatrix.errors import SpecError
 
 TASKS = ("text-classification", "text-generation")
 DEVICES = ("cpu", "cuda")
 SEQ_MODES = ("padded", "natural")
+ANALYSIS_SPLITS = ("train", "validation", "test", "calibration")
+FINETUNE_METHODS = ("lora", "full")
 T = TypeVar("T")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+# A check returns what is wrong with a value, or None when it is fine.
+Check = Callable[[Any], "str | None"]
+
+
+@dataclass(frozen=True)
+class Key:
+    """How a dataclass field reads from matrix.toml, for the parser and the generated docs.
+
+    `doc` is the docs' "meaning" column; `shown` replaces the default there when the value alone
+    would mislead (`labels = ()` means "inferred"); `toml` is the key's name when it is not the
+    field's (`from`); `what` describes the expected value in errors; `check` vets the value and
+    `each` every item of a list.
+    """
+
+    doc: str = ""
+    shown: str | None = None
+    toml: str | None = None
+    what: str | None = None
+    check: Check | None = None
+    each: Check | None = None
+
+
+def one_of(*choices: str) -> Check:
+    return lambda v: None if v in choices else f"expected one of {list(choices)}, got {v!r}"
+
+
+def at_least(low: int) -> Check:
+    if low == 0:
+        return lambda v: None if v >= 0 else "must not be negative"
+    return lambda v: None if v >= low else f"must be at least {low}"
+
+
+def _positive_item(v: Any) -> str | None:
+    return None if v >= 1 else f"expected a positive integer, got {v!r}"
+
+
+def _rate(v: Any) -> str | None:
+    return None if 0 <= v <= 1 else f"expected a rate between 0 and 1 (0.05 = 5% of words), got {v!r}"
+
+
+def prefixed(what: str, *kinds: str) -> Check:
+    """`kind:rest` sources: the kind must be one of `kinds`."""
+    return lambda v: None if ":" in v and v.split(":", 1)[0] in kinds else f"expected {what}, got {v!r}"
+
+
+DATASET_SOURCES = "'bundled:<name>', 'file:<path>' or 'hf:<id>'"
+MODEL_SOURCES = "'package:<name>', 'hf:<id or dir>' or 'random:<arch>'"
+SETTINGS_SEED = "`[settings] seed`"
+POSITIVE_INTS = "a list of positive integers"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """`[settings]`: matrix-wide values."""
+
+    seed: Annotated[
+        int,
+        Key("seed for everything seeded (fine-tune, splits carved from a train split), unless a table sets its own"),
+    ] = 1234
 
 
 @dataclass(frozen=True)
@@ -34,12 +99,29 @@ class DatasetSpec:
     """
 
     name: str
-    source: str
-    text_column: str = "text"
-    label_column: str = "label"
-    split_column: str | None = None
-    labels: tuple[str, ...] = ()
-    seed: int = 1234
+    source: Annotated[
+        str,
+        Key(
+            "`bundled:headlines9`, `file:<path>` (CSV/TSV/JSONL/JSON/Parquet, relative to matrix.toml) or "
+            "`hf:<hub id or local dir>`",
+            what=DATASET_SOURCES,
+            check=prefixed(DATASET_SOURCES, "bundled", "file", "hf"),
+        ),
+    ]
+    text_column: Annotated[str, Key("column holding the text")] = "text"
+    label_column: Annotated[str, Key("label names, or integer class ids indexing `labels`")] = "label"
+    split_column: Annotated[
+        str | None,
+        Key(
+            "column naming each row's split (train/validation/test/calibration); without it, missing splits are "
+            "carved from train (validation 10%, test 15%, calibration 5% up to 500)"
+        ),
+    ] = None
+    labels: Annotated[
+        tuple[str, ...],
+        Key("label names in class-id order; inferred from a `ClassLabel` feature or sorted values", shown="inferred"),
+    ] = ()
+    seed: Annotated[int, Key("seed of the carving shuffle", shown=SETTINGS_SEED)] = 1234
 
     @property
     def kind(self) -> str:
@@ -54,16 +136,18 @@ class DatasetSpec:
 class FinetuneSpec:
     """How the FP32 reference is trained from the pretrained encoder (LoRA by default)."""
 
-    method: str = "lora"
-    epochs: float = 3.0
-    learning_rate: float = 1e-3
-    batch_size: int = 32
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("query", "value")
-    max_train_examples: int = 0
-    seed: int = 1234
+    method: Annotated[str, Key("`lora` (peft, merged after training) or `full`", check=one_of(*FINETUNE_METHODS))] = (
+        "lora"
+    )
+    epochs: Annotated[float, Key("training epochs (fractions allowed)")] = 3.0
+    learning_rate: Annotated[float, Key("AdamW learning rate")] = 1e-3
+    batch_size: Annotated[int, Key("training batch size")] = 32
+    lora_r: Annotated[int, Key("LoRA rank")] = 8
+    lora_alpha: Annotated[int, Key("LoRA scaling alpha")] = 16
+    lora_dropout: Annotated[float, Key("LoRA dropout")] = 0.05
+    target_modules: Annotated[tuple[str, ...], Key("modules LoRA adapts")] = ("query", "value")
+    max_train_examples: Annotated[int, Key("cap on training examples (0: all)")] = 0
+    seed: Annotated[int, Key("also the seed of a causal LM's random init", shown=SETTINGS_SEED)] = 1234
 
 
 @dataclass(frozen=True)
@@ -71,9 +155,18 @@ class GenerationSpec:
     """Causal LMs: the fixed prompts (first test-split texts of at least `prompt_tokens` tokens, cut to
     that length so a batch needs no padding) and how many tokens greedy generation adds."""
 
-    prompts: int = 4
-    prompt_tokens: int = 16
-    new_tokens: int = 32
+    prompts: Annotated[
+        int,
+        Key(
+            'causal LMs (`task = "text-generation"`): fixed prompts, the first test-split texts with at least '
+            "`prompt_tokens` tokens",
+            check=at_least(1),
+        ),
+    ] = 4
+    prompt_tokens: Annotated[
+        int, Key("prompts are cut to this many tokens, so a batch needs no padding", check=at_least(1))
+    ] = 16
+    new_tokens: Annotated[int, Key("greedy tokens generated per prompt", check=at_least(1))] = 32
 
 
 @dataclass(frozen=True)
@@ -85,13 +178,41 @@ class ModelSpec:
     """
 
     name: str
-    source: str
-    task: str = "text-classification"
-    dataset: str | None = None
-    max_length: int = 128
-    finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
-    fallback: str | None = None
-    generation: GenerationSpec = field(default_factory=GenerationSpec)
+    source: Annotated[
+        str,
+        Key(
+            "`package:<pypi name>` (a model inside an installed package), `hf:<id or dir>`, or `random:bert-tiny` / "
+            "`random:bert-mini` / `random:distilgpt2` / `random:gpt2-tiny` (seeded random init, labelled as such "
+            "in results)",
+            what=MODEL_SOURCES,
+            check=prefixed(MODEL_SOURCES, "package", "hf", "random"),
+        ),
+    ]
+    task: Annotated[str, Key("`text-classification` or `text-generation`", check=one_of(*TASKS))] = (
+        "text-classification"
+    )
+    dataset: Annotated[
+        str | None,
+        Key(
+            "a `[datasets]` name: a classifier's labelled data; a causal LM's prompts (its test split)",
+            shown="required",
+        ),
+    ] = None
+    max_length: Annotated[int, Key("tokeniser truncation")] = 128
+    finetune: Annotated[FinetuneSpec, Key("how the FP32 reference is fine-tuned")] = field(default_factory=FinetuneSpec)
+    fallback: Annotated[
+        str | None,
+        Key(
+            "a `random:<arch>` source used (and labelled random-init) when `source` cannot be loaded: no local "
+            "copy, no hub",
+            check=lambda v: (
+                None if v.startswith("random:") else f"expected 'random:<arch>' (a seeded random init), got {v!r}"
+            ),
+        ),
+    ] = None
+    generation: Annotated[GenerationSpec, Key("causal LMs: prompts and generated tokens")] = field(
+        default_factory=GenerationSpec
+    )
 
 
 @dataclass(frozen=True)
@@ -99,11 +220,24 @@ class VariantSpec:
     """One artefact to build: a builder, its parameters, and the variant it starts from."""
 
     name: str
-    builder: str
-    params: Mapping[str, Any] = field(default_factory=dict)
-    source: str = "reference"
-    runners: tuple[str, ...] = ()
-    models: tuple[str, ...] = ()  # empty: every model of a profile; else only these (e.g. causal LMs)
+    builder: Annotated[
+        str, Key("a module in `builders/` (`onnx-fp32`, `ort-int8-dynamic`, `ort-int8-static`, …): docs/variants.md")
+    ]
+    params: Annotated[Mapping[str, Any], Key("the builder's params dataclass (docs/variants.md)")] = field(
+        default_factory=dict
+    )
+    source: Annotated[
+        str, Key("the variant this one starts from (e.g. `ort-int8-dynamic` from `onnx-fp32`)", toml="from")
+    ] = "reference"
+    runners: Annotated[tuple[str, ...], Key("restrict to these runner names", shown="all compatible")] = ()
+    models: Annotated[
+        tuple[str, ...],
+        Key(
+            "restrict to these model names. Builders named `*-lm` apply to `text-generation` models only, the "
+            "others to classifiers only, so one profile can list both",
+            shown="all of the task",
+        ),
+    ] = ()
 
 
 @dataclass(frozen=True)
@@ -111,44 +245,98 @@ class RunnerSpec:
     """A backend on a device, with its options (threads, compile, graph optimisation...)."""
 
     name: str
-    backend: str
-    device: str = "cpu"
-    params: Mapping[str, Any] = field(default_factory=dict)
+    backend: Annotated[str, Key("a module in `runners/`: docs/variants.md lists them")]
+    device: Annotated[str, Key("`cpu` or `cuda`", check=one_of(*DEVICES))] = "cpu"
+    params: Annotated[
+        Mapping[str, Any],
+        Key("the backend's params dataclass, e.g. torch `{ compile = true }` (docs/variants.md)"),
+    ] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class MeasureSpec:
     """The measurement protocol's knobs; profiles may override any of them."""
 
-    batch_sizes: tuple[int, ...] = (1, 8)
-    seq_modes: tuple[str, ...] = ("padded", "natural")
-    padded_length: int = 128
-    warmup: int = 10
-    min_iterations: int = 30
-    min_seconds: float = 2.0
-    max_seconds: float = 30.0
-    max_iterations: int = 5000  # raw samples kept per cell are capped by this
-    eval_examples: int = 0
-    threads: int = 0
-    # Rounds over every (variant, runner): each round measures all of them once, interleaved, so
-    # slow drift of a shared machine spreads over all variants instead of biasing one.
-    repeats: int = 1
-    # Causal-LM generation cells: batch sizes, untimed warm-up generations and timed passes over the prompts.
-    generation_batch_sizes: tuple[int, ...] = (1, 4)
-    generation_warmup: int = 1
-    generation_rounds: int = 3
-    # Robustness under typos: shares of words mistyped (0.05 = 5%); empty = not measured.
-    robustness_levels: tuple[float, ...] = ()
-    robustness_seed: int = 1234
+    batch_sizes: Annotated[tuple[int, ...], Key("batch sizes timed", what=POSITIVE_INTS, each=_positive_item)] = (1, 8)
+    seq_modes: Annotated[
+        tuple[str, ...],
+        Key(
+            "`padded`: every input padded to `padded_length`; `natural`: each batch padded to its longest member",
+            each=one_of(*SEQ_MODES),
+        ),
+    ] = ("padded", "natural")
+    padded_length: Annotated[int, Key("tokens per input in `padded` mode", check=at_least(0))] = 128
+    warmup: Annotated[int, Key("untimed calls before timing", check=at_least(0))] = 10
+    min_iterations: Annotated[int, Key("timed calls at least …", check=at_least(0))] = 30
+    min_seconds: Annotated[float, Key("… and at least this long …")] = 2.0
+    max_seconds: Annotated[float, Key("… but stop after this long …")] = 30.0
+    max_iterations: Annotated[
+        int,
+        Key(
+            "… or after this many timed calls (every raw sample is kept in the result, so this caps them)",
+            check=at_least(1),
+        ),
+    ] = 5000
+    eval_examples: Annotated[int, Key("test examples scored (0: the whole test split)", check=at_least(0))] = 0
+    threads: Annotated[
+        int,
+        Key(
+            "intra-op threads (0: every core this process may use); a runner's own `threads` param wins",
+            check=at_least(0),
+        ),
+    ] = 0
+    repeats: Annotated[
+        int,
+        Key(
+            "interleaved rounds: each round measures every (variant, runner) once, so slow drift of a shared "
+            "machine spreads over all variants instead of biasing one",
+            check=at_least(1),
+        ),
+    ] = 1
+    generation_batch_sizes: Annotated[
+        tuple[int, ...],
+        Key(
+            "causal LMs: batch sizes of the generation cells (each with and without the KV cache)",
+            what=POSITIVE_INTS,
+            each=_positive_item,
+        ),
+    ] = (1, 4)
+    generation_warmup: Annotated[
+        int,
+        Key(
+            "causal LMs: untimed greedy generations (one batch of prompts each) before timing each cell",
+            check=at_least(0),
+        ),
+    ] = 1
+    generation_rounds: Annotated[
+        int,
+        Key(
+            "causal LMs: timed passes over every prompt (batch 1: one prompt at a time); every sample is kept",
+            check=at_least(1),
+        ),
+    ] = 3
+    robustness_levels: Annotated[
+        tuple[float, ...],
+        Key(
+            "robustness under typos: shares of words mistyped (e.g. `[0.0, 0.05, 0.10, 0.20]`); each run then "
+            "scores the test split at every rate (one typo per chosen word: swap of two neighbouring letters, a "
+            "letter dropped or doubled, a QWERTY neighbour), with agreement against the FP32 reference on the same "
+            "texts and the examples whose prediction flips; stored as the result's `robustness` section. Empty: "
+            "not measured",
+            what="a list of rates between 0 and 1",
+            each=_rate,
+        ),
+    ] = ()
+    robustness_seed: Annotated[int, Key("seed of the typos (every variant sees the same perturbed texts)")] = 1234
 
 
 @dataclass(frozen=True)
 class Thresholds:
     """Verdict rule: pass when macro-F1 >= pass_f1_ratio x FP32 and agreement >= pass_agreement."""
 
-    pass_f1_ratio: float = 0.99
-    pass_agreement: float = 0.98
-    fail_f1_ratio: float = 0.90
+    pass_f1_ratio: Annotated[float, Key("`pass` needs macro-F1 ≥ this × the FP32 reference's …")] = 0.99
+    pass_agreement: Annotated[float, Key("… and top-1 agreement with the reference ≥ this")] = 0.98
+    fail_f1_ratio: Annotated[float, Key("`fail` when macro-F1 < this × the reference's; `drift` otherwise")] = 0.90
 
 
 @dataclass(frozen=True)
@@ -156,14 +344,21 @@ class ProfileSpec:
     """A named slice of the matrix: which models, variants and runners, with measure overrides."""
 
     name: str
-    models: tuple[str, ...]
-    variants: tuple[str, ...]
-    runners: tuple[str, ...]
-    measure: MeasureSpec
-    analyses: tuple[str, ...] = ()
-
-
-ANALYSIS_SPLITS = ("train", "validation", "test", "calibration")
+    models: Annotated[tuple[str, ...], Key("`[models]` names to run")]
+    variants: Annotated[
+        tuple[str, ...], Key("`[variants]` names; each runs on every listed runner whose backend reads its format")
+    ]
+    runners: Annotated[tuple[str, ...], Key("`[runners]` names")]
+    measure: Annotated[MeasureSpec, Key("overrides of `[measure]`", shown="`[measure]`")] = field(
+        default_factory=MeasureSpec
+    )
+    analyses: Annotated[
+        tuple[str, ...],
+        Key(
+            "`[analyses]` names to run after the measurements; what they read is built even if `variants` does "
+            "not list it"
+        ),
+    ] = ()
 
 
 @dataclass(frozen=True)
@@ -175,12 +370,34 @@ class AnalysisSpec:
     """
 
     name: str
-    kind: str
-    model: str
-    variants: tuple[str, ...] = ()
-    runners: tuple[str, ...] = ()
-    split: str = "validation"
-    params: Mapping[str, Any] = field(default_factory=dict)
+    kind: Annotated[str, Key("a module in `runners/analyses/` (`python -m runners list`)")]
+    model: Annotated[str, Key("a `[models]` name")]
+    variants: Annotated[tuple[str, ...], Key("the variants it reads (what the kind needs)")] = ()
+    runners: Annotated[tuple[str, ...], Key("the runners it uses")] = ()
+    split: Annotated[
+        str,
+        Key(
+            "the dataset split it scores: `train`, `validation`, `test` or `calibration`",
+            check=one_of(*ANALYSIS_SPLITS),
+        ),
+    ] = "validation"
+    params: Annotated[Mapping[str, Any], Key("the kind's params dataclass (`runners/analyses/<kind>.py`)")] = field(
+        default_factory=dict
+    )
+
+
+# Each top-level table of matrix.toml and the dataclass of its entries (or of itself), for the docs.
+SECTIONS: Mapping[str, type] = {
+    "settings": Settings,
+    "thresholds": Thresholds,
+    "measure": MeasureSpec,
+    "datasets": DatasetSpec,
+    "models": ModelSpec,
+    "runners": RunnerSpec,
+    "variants": VariantSpec,
+    "profiles": ProfileSpec,
+    "analyses": AnalysisSpec,
+}
 
 
 @dataclass(frozen=True)
@@ -194,6 +411,7 @@ class Matrix:
     profiles: Mapping[str, ProfileSpec]
     thresholds: Thresholds
     analyses: Mapping[str, AnalysisSpec] = field(default_factory=dict)
+    measure: MeasureSpec = field(default_factory=MeasureSpec)  # the file's `[measure]`, before profile overrides
 
     def profile(self, name: str) -> ProfileSpec:
         if name not in self.profiles:
@@ -205,49 +423,69 @@ class Matrix:
         return self.datasets[model.dataset]
 
 
+@dataclass(frozen=True)
+class FieldInfo:
+    """One key of a matrix section, as the parser and the docs generator see it."""
+
+    name: str  # the dataclass field
+    toml: str  # the key in matrix.toml
+    hint: Any  # the field's type, Annotated stripped
+    key: Key
+    default: Any  # dataclasses.MISSING when the key is required
+
+    @property
+    def section(self) -> type | None:
+        """The dataclass of a nested table (`[models.<name>.finetune]`), else None."""
+        return self.hint if isinstance(self.hint, type) and dataclasses.is_dataclass(self.hint) else None
+
+
+def section_fields(kind: Any) -> tuple[FieldInfo, ...]:
+    """The keys of a section dataclass, in declaration order; `name` (the table's own key) is not one."""
+    hints = typing.get_type_hints(kind, include_extras=True)
+    out = []
+    for f in dataclasses.fields(kind):
+        if f.name == "name":
+            continue
+        hint, key = hints[f.name], Key()
+        if typing.get_origin(hint) is Annotated:
+            hint, *extras = typing.get_args(hint)
+            key = next((e for e in extras if isinstance(e, Key)), key)
+        default: Any = dataclasses.MISSING
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        out.append(FieldInfo(f.name, key.toml or f.name, hint, key, default))
+    return tuple(out)
+
+
 class _Reader:
-    """Typed access to a TOML table that remembers the key path for error messages."""
+    """A TOML table that remembers its key path for error messages and which keys were read."""
 
     def __init__(self, path: Path, table: Mapping[str, Any], where: str) -> None:
         self.path, self.table, self.where = path, table, where
         self.used: set[str] = set()
 
+    def at(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
     def fail(self, key: str, message: str) -> SpecError:
-        at = f"{self.where}.{key}" if self.where else key
-        return SpecError(f"{self.path}: {at}: {message}")
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., *, what: str = "") -> Any:
-        self.used.add(key)
-        if key not in self.table:
-            if default is ...:
-                raise self.fail(key, f"missing; expected {what or _kind_name(kind)}")
-            return default
-        value = self.table[key]
-        # TOML integers are acceptable where floats are expected; bools are never numbers.
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        ok = isinstance(value, kind) and not (isinstance(value, bool) and kind in (int, float))
-        if not ok:
-            raise self.fail(key, f"expected {what or _kind_name(kind)}, got {type(value).__name__} {value!r}")
-        return value
-
-    def names(self, key: str, default: Any = ...) -> tuple[str, ...]:
-        value = self.get(key, list, default, what="a list of names")
-        for i, item in enumerate(value):
-            if not isinstance(item, str):
-                raise self.fail(f"{key}[{i}]", f"expected a name (string), got {item!r}")
-        return tuple(value)
-
-    def ints(self, key: str, default: Any = ...) -> tuple[int, ...]:
-        value = self.get(key, list, default, what="a list of positive integers")
-        for i, item in enumerate(value):
-            if not isinstance(item, int) or isinstance(item, bool) or item < 1:
-                raise self.fail(f"{key}[{i}]", f"expected a positive integer, got {item!r}")
-        return tuple(value)
+        return SpecError(f"{self.path}: {self.at(key)}: {message}")
 
     def table_of(self, key: str) -> _Reader:
-        value = self.get(key, dict, {}, what="a table")
-        return _Reader(self.path, value, f"{self.where}.{key}" if self.where else key)
+        self.used.add(key)
+        value = self.table.get(key, {})
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected a table, got {type(value).__name__} {value!r}")
+        return _Reader(self.path, value, self.at(key))
+
+    def entries(self, key: str) -> dict[str, _Reader]:
+        """The named tables of a section (`[datasets.<name>]`), names checked."""
+        section = self.table_of(key)
+        for name in section.table:
+            if not _NAME.match(name):
+                raise section.fail(name, "names must be lowercase letters, digits, '.', '_' or '-'")
+        return {name: section.table_of(name) for name in section.table}
 
     def done(self) -> None:
         unknown = sorted(set(self.table) - self.used)
@@ -255,62 +493,39 @@ class _Reader:
             raise self.fail(unknown[0], "unknown key")
 
 
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {
-        str: "a string",
-        int: "an integer",
-        float: "a number",
-        bool: "true or false",
-        list: "a list",
-        dict: "a table",
-    }
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
+def _section(kind: type[T], r: _Reader, name: str | None = None, defaults: Mapping[str, Any] | None = None) -> T:
+    """Build a section dataclass from its TOML table: each field's type, checks and default apply.
 
-
-def _check_name(r: _Reader, key: str) -> None:
-    if not _NAME.match(key):
-        raise r.fail(key, "names must be lowercase letters, digits, '.', '_' or '-'")
-
-
-def _rates(r: _Reader, key: str, default: tuple[float, ...]) -> tuple[float, ...]:
-    value = r.get(key, list, default, what="a list of rates between 0 and 1")
-    for i, item in enumerate(value):
-        if isinstance(item, bool) or not isinstance(item, int | float) or not 0 <= item <= 1:
-            raise r.fail(f"{key}[{i}]", f"expected a rate between 0 and 1 (0.05 = 5% of words), got {item!r}")
-    return tuple(float(v) for v in value)
-
-
-def _measure(r: _Reader, base: MeasureSpec) -> MeasureSpec:
-    m = MeasureSpec(
-        batch_sizes=r.ints("batch_sizes", base.batch_sizes),
-        seq_modes=r.names("seq_modes", base.seq_modes),
-        padded_length=r.get("padded_length", int, base.padded_length),
-        warmup=r.get("warmup", int, base.warmup),
-        min_iterations=r.get("min_iterations", int, base.min_iterations),
-        min_seconds=r.get("min_seconds", float, base.min_seconds),
-        max_seconds=r.get("max_seconds", float, base.max_seconds),
-        max_iterations=r.get("max_iterations", int, base.max_iterations),
-        eval_examples=r.get("eval_examples", int, base.eval_examples),
-        threads=r.get("threads", int, base.threads),
-        repeats=r.get("repeats", int, base.repeats),
-        generation_batch_sizes=r.ints("generation_batch_sizes", base.generation_batch_sizes),
-        generation_warmup=r.get("generation_warmup", int, base.generation_warmup),
-        generation_rounds=r.get("generation_rounds", int, base.generation_rounds),
-        robustness_levels=_rates(r, "robustness_levels", base.robustness_levels),
-        robustness_seed=r.get("robustness_seed", int, base.robustness_seed),
-    )
-    for i, mode in enumerate(m.seq_modes):
-        if mode not in SEQ_MODES:
-            raise r.fail(f"seq_modes[{i}]", f"expected one of {list(SEQ_MODES)}, got {mode!r}")
-    for key in ("warmup", "padded_length", "min_iterations", "eval_examples", "threads", "generation_warmup"):
-        if getattr(m, key) < 0:
-            raise r.fail(key, "must not be negative")
-    for key in ("repeats", "max_iterations", "generation_rounds"):
-        if getattr(m, key) < 1:
-            raise r.fail(key, "must be at least 1")
+    `defaults` override the dataclass's own for this matrix (a seed from `[settings]`, a profile's
+    measure inheriting `[measure]`); a nested section's default is the instance it inherits from.
+    """
+    values: dict[str, Any] = {} if name is None else {"name": name}
+    for f in section_fields(kind):
+        default = (defaults or {}).get(f.name, f.default)
+        nested = f.section
+        if nested is not None:
+            inherited = {g.name: getattr(default, g.name) for g in section_fields(nested)} if default else None
+            values[f.name] = _section(nested, r.table_of(f.toml), defaults=inherited)
+            continue
+        r.used.add(f.toml)
+        where = f"{r.path}: {r.at(f.toml)}"
+        if f.toml not in r.table:
+            if default is dataclasses.MISSING:
+                raise r.fail(f.toml, f"missing; expected {f.key.what or _describe(f.hint)}")
+            values[f.name] = default
+            continue
+        value = _coerce(f.hint, r.table[f.toml], where, f.key.what)
+        if f.key.each is not None:
+            for i, item in enumerate(value):
+                problem = f.key.each(item)
+                if problem:
+                    raise r.fail(f"{f.toml}[{i}]", problem)
+        problem = f.key.check(value) if f.key.check is not None and value is not None else None
+        if problem:
+            raise r.fail(f.toml, problem)
+        values[f.name] = value
     r.done()
-    return m
+    return kind(**values)
 
 
 def load_matrix(
@@ -335,6 +550,18 @@ def load_matrix(
     return parse_matrix(doc, path, builders=builders, backends=backends, analyses=analyses)
 
 
+def _unknown(r: _Reader, key: str, name: str, known: Mapping[str, Any], what: str) -> None:
+    if name not in known:
+        raise r.fail(key, f"unknown {what} {name!r}; defined: {sorted(known)}")
+
+
+def _plugin_params(plugins: Mapping[str, Any] | None, name: str, params: Mapping[str, Any], where: str) -> None:
+    """Check a plugin's `params` table against its params dataclass, when the plugins are known."""
+    kind = getattr(plugins[name], "params", None) if plugins is not None else None
+    if kind is not None:
+        parse_params(kind, params, where)
+
+
 def parse_matrix(
     doc: Mapping[str, Any],
     path: Path,
@@ -344,185 +571,81 @@ def parse_matrix(
     analyses: Mapping[str, Any] | None = None,
 ) -> Matrix:
     root = _Reader(path, doc, "")
-    settings = root.table_of("settings")
-    seed = settings.get("seed", int, 1234)
-    settings.done()
+    settings = _section(Settings, root.table_of("settings"))
+    seeded = {"seed": settings.seed}
+    thresholds = _section(Thresholds, root.table_of("thresholds"))
+    base_measure = _section(MeasureSpec, root.table_of("measure"))
 
-    th = root.table_of("thresholds")
-    thresholds = Thresholds(
-        pass_f1_ratio=th.get("pass_f1_ratio", float, 0.99),
-        pass_agreement=th.get("pass_agreement", float, 0.98),
-        fail_f1_ratio=th.get("fail_f1_ratio", float, 0.90),
-    )
-    th.done()
-
-    base_measure = _measure(root.table_of("measure"), MeasureSpec())
-
-    datasets: dict[str, DatasetSpec] = {}
-    dtab = root.table_of("datasets")
-    for name in dtab.table:
-        _check_name(dtab, name)
-        r = dtab.table_of(name)
-        source = r.get("source", str, what="'bundled:<name>', 'file:<path>' or 'hf:<id>'")
-        if source.split(":", 1)[0] not in ("bundled", "file", "hf") or ":" not in source:
-            raise r.fail("source", f"expected 'bundled:<name>', 'file:<path>' or 'hf:<id>', got {source!r}")
-        datasets[name] = DatasetSpec(
-            name=name,
-            source=source,
-            text_column=r.get("text_column", str, "text"),
-            label_column=r.get("label_column", str, "label"),
-            split_column=r.get("split_column", str, None),
-            labels=r.names("labels", ()),
-            seed=r.get("seed", int, seed),
-        )
-        r.done()
+    datasets = {name: _section(DatasetSpec, r, name, seeded) for name, r in root.entries("datasets").items()}
 
     models: dict[str, ModelSpec] = {}
-    mtab = root.table_of("models")
-    for name in mtab.table:
-        _check_name(mtab, name)
-        r = mtab.table_of(name)
-        source = r.get("source", str, what="'package:<name>', 'hf:<id or dir>' or 'random:<arch>'")
-        if source.split(":", 1)[0] not in ("package", "hf", "random") or ":" not in source:
-            raise r.fail("source", f"expected 'package:<name>', 'hf:<id or dir>' or 'random:<arch>', got {source!r}")
-        task = r.get("task", str, "text-classification")
-        if task not in TASKS:
-            raise r.fail("task", f"expected one of {list(TASKS)}, got {task!r}")
-        dataset = r.get("dataset", str, None)
-        if task == "text-classification" and dataset is None:
-            raise r.fail("dataset", "missing; a text-classification model needs a dataset name")
-        if task == "text-generation" and dataset is None:
-            raise r.fail("dataset", "missing; a text-generation model takes its prompts from a dataset's test split")
-        if dataset is not None and dataset not in datasets:
-            raise r.fail("dataset", f"unknown dataset {dataset!r}; defined: {sorted(datasets)}")
-        ft = r.table_of("finetune")
-        finetune = FinetuneSpec(
-            method=ft.get("method", str, "lora"),
-            epochs=ft.get("epochs", float, 3.0),
-            learning_rate=ft.get("learning_rate", float, 1e-3),
-            batch_size=ft.get("batch_size", int, 32),
-            lora_r=ft.get("lora_r", int, 8),
-            lora_alpha=ft.get("lora_alpha", int, 16),
-            lora_dropout=ft.get("lora_dropout", float, 0.05),
-            target_modules=ft.names("target_modules", ("query", "value")),
-            max_train_examples=ft.get("max_train_examples", int, 0),
-            seed=ft.get("seed", int, seed),
-        )
-        if finetune.method not in ("lora", "full"):
-            raise ft.fail("method", f"expected 'lora' or 'full', got {finetune.method!r}")
-        ft.done()
-        fallback = r.get("fallback", str, None)
-        if fallback is not None and not fallback.startswith("random:"):
-            raise r.fail("fallback", f"expected 'random:<arch>' (a seeded random init), got {fallback!r}")
-        gen = r.table_of("generation")
-        generation = GenerationSpec(
-            prompts=gen.get("prompts", int, 4),
-            prompt_tokens=gen.get("prompt_tokens", int, 16),
-            new_tokens=gen.get("new_tokens", int, 32),
-        )
-        for key in ("prompts", "prompt_tokens", "new_tokens"):
-            if getattr(generation, key) < 1:
-                raise gen.fail(key, "must be at least 1")
-        gen.done()
-        models[name] = ModelSpec(
-            name=name,
-            source=source,
-            task=task,
-            dataset=dataset,
-            max_length=r.get("max_length", int, 128),
-            finetune=finetune,
-            fallback=fallback,
-            generation=generation,
-        )
-        r.done()
+    for name, r in root.entries("models").items():
+        m = _section(ModelSpec, r, name, {"finetune": FinetuneSpec(seed=settings.seed)})
+        if m.dataset is None:
+            needs = (
+                "a text-classification model needs a dataset name"
+                if m.task == "text-classification"
+                else "a text-generation model takes its prompts from a dataset's test split"
+            )
+            raise r.fail("dataset", f"missing; {needs}")
+        _unknown(r, "dataset", m.dataset, datasets, "dataset")
+        models[name] = m
 
     runners: dict[str, RunnerSpec] = {}
-    rtab = root.table_of("runners")
-    for name in rtab.table:
-        _check_name(rtab, name)
-        r = rtab.table_of(name)
-        backend = r.get("backend", str)
-        if backends is not None and backend not in backends:
-            raise r.fail("backend", f"unknown backend {backend!r}; expected one of {sorted(backends)}")
-        device = r.get("device", str, "cpu")
-        if device not in DEVICES:
-            raise r.fail("device", f"expected one of {list(DEVICES)}, got {device!r}")
-        params = dict(r.get("params", dict, {}))
-        if backends is not None and getattr(backends[backend], "params", None) is not None:
-            parse_params(backends[backend].params, params, f"{path}: runners.{name}.params")
-        runners[name] = RunnerSpec(name=name, backend=backend, device=device, params=params)
-        r.done()
+    for name, r in root.entries("runners").items():
+        spec = _section(RunnerSpec, r, name)
+        if backends is not None and spec.backend not in backends:
+            raise r.fail("backend", f"unknown backend {spec.backend!r}; expected one of {sorted(backends)}")
+        _plugin_params(backends, spec.backend, spec.params, f"{path}: runners.{name}.params")
+        runners[name] = spec
 
     variants: dict[str, VariantSpec] = {}
-    vtab = root.table_of("variants")
-    for name in vtab.table:
-        _check_name(vtab, name)
+    vtabs = root.entries("variants")
+    for name, r in vtabs.items():
         if name == "reference":
-            raise vtab.fail(name, "'reference' is reserved for the FP32 reference every variant starts from")
-        r = vtab.table_of(name)
-        builder = r.get("builder", str)
-        if builders is not None and builder not in builders:
-            raise r.fail("builder", f"unknown builder {builder!r}; expected one of {sorted(builders)}")
-        params = dict(r.get("params", dict, {}))
-        if builders is not None and getattr(builders[builder], "params", None) is not None:
-            parse_params(builders[builder].params, params, f"{path}: variants.{name}.params")
-        variants[name] = VariantSpec(
-            name=name,
-            builder=builder,
-            params=params,
-            source=r.get("from", str, "reference"),
-            runners=r.names("runners", ()),
-            models=r.names("models", ()),
-        )
-        r.done()
+            raise SpecError(
+                f"{path}: variants.{name}: 'reference' is reserved for the FP32 reference every variant starts from"
+            )
+        v = _section(VariantSpec, r, name)
+        if builders is not None and v.builder not in builders:
+            raise r.fail("builder", f"unknown builder {v.builder!r}; expected one of {sorted(builders)}")
+        _plugin_params(builders, v.builder, v.params, f"{path}: variants.{name}.params")
+        variants[name] = v
     for v in variants.values():
-        where = vtab.table_of(v.name)
+        r = vtabs[v.name]
         if v.source != "reference" and v.source not in variants:
-            raise where.fail("from", f"unknown variant {v.source!r}; expected 'reference' or one of {sorted(variants)}")
+            raise r.fail("from", f"unknown variant {v.source!r}; expected 'reference' or one of {sorted(variants)}")
         for i, runner in enumerate(v.runners):
-            if runner not in runners:
-                raise where.fail(f"runners[{i}]", f"unknown runner {runner!r}; defined: {sorted(runners)}")
+            _unknown(r, f"runners[{i}]", runner, runners, "runner")
         for i, model in enumerate(v.models):
-            if model not in models:
-                raise where.fail(f"models[{i}]", f"unknown model {model!r}; defined: {sorted(models)}")
+            _unknown(r, f"models[{i}]", model, models, "model")
         seen = [v.name]
         cur = v
         while cur.source != "reference":
             cur = variants[cur.source]
             if cur.name in seen:
-                raise where.fail("from", f"cycle: {' -> '.join([*seen, cur.name])}")
+                raise r.fail("from", f"cycle: {' -> '.join([*seen, cur.name])}")
             seen.append(cur.name)
 
-    analysis_specs = _analyses(root.table_of("analyses"), models, variants, runners, analyses)
+    analysis_specs = _analyses(root.entries("analyses"), models, variants, runners, analyses)
 
     profiles: dict[str, ProfileSpec] = {}
-    ptab = root.table_of("profiles")
-    for name in ptab.table:
-        _check_name(ptab, name)
-        r = ptab.table_of(name)
-        spec = ProfileSpec(
-            name=name,
-            models=r.names("models"),
-            variants=r.names("variants"),
-            runners=r.names("runners"),
-            measure=_measure(r.table_of("measure"), base_measure),
-            analyses=r.names("analyses", ()),
-        )
-        for key, known in (
-            ("models", models), ("variants", variants), ("runners", runners), ("analyses", analysis_specs)
-        ):  # fmt: skip
-            for i, item in enumerate(getattr(spec, key)):
-                if item not in known:
-                    what = "analysis" if key == "analyses" else key[:-1]
-                    raise r.fail(f"{key}[{i}]", f"unknown {what} {item!r}; defined: {sorted(known)}")
-        r.done()
-        profiles[name] = spec
+    for name, r in root.entries("profiles").items():
+        profile = _section(ProfileSpec, r, name, {"measure": base_measure})
+        known: dict[str, Mapping[str, Any]] = {
+            "models": models, "variants": variants, "runners": runners, "analyses": analysis_specs
+        }  # fmt: skip
+        for key, names in known.items():
+            what = "analysis" if key == "analyses" else key[:-1]
+            for i, item in enumerate(getattr(profile, key)):
+                _unknown(r, f"{key}[{i}]", item, names, what)
+        profiles[name] = profile
     root.done()
     if not profiles:
         raise SpecError(f"{path}: profiles: at least one profile is required")
     return Matrix(
         path=path.resolve(),
-        seed=seed,
+        seed=settings.seed,
         datasets=datasets,
         models=models,
         variants=variants,
@@ -530,11 +653,12 @@ def parse_matrix(
         profiles=profiles,
         thresholds=thresholds,
         analyses=analysis_specs,
+        measure=base_measure,
     )
 
 
 def _analyses(
-    atab: _Reader,
+    tables: Mapping[str, _Reader],
     models: Mapping[str, ModelSpec],
     variants: Mapping[str, VariantSpec],
     runners: Mapping[str, RunnerSpec],
@@ -543,37 +667,20 @@ def _analyses(
     """`[analyses.<name>]` tables. With `kinds` (the analysis registry), the kind, its params and its
     own constraints (`check(spec, variants, runners) -> (key, message) | None`) are checked too."""
     out: dict[str, AnalysisSpec] = {}
-    for name in atab.table:
-        _check_name(atab, name)
-        r = atab.table_of(name)
-        kind = r.get("kind", str)
-        if kinds is not None and kind not in kinds:
-            raise r.fail("kind", f"unknown analysis kind {kind!r}; expected one of {sorted(kinds)}")
-        spec = AnalysisSpec(
-            name=name,
-            kind=kind,
-            model=r.get("model", str),
-            variants=r.names("variants", ()),
-            runners=r.names("runners", ()),
-            split=r.get("split", str, "validation"),
-            params=dict(r.get("params", dict, {})),
-        )
-        if spec.model not in models:
-            raise r.fail("model", f"unknown model {spec.model!r}; defined: {sorted(models)}")
+    for name, r in tables.items():
+        # A misspelt key is reported before the kind's complaints that it may explain.
+        spec = _section(AnalysisSpec, r, name)
+        if kinds is not None and spec.kind not in kinds:
+            raise r.fail("kind", f"unknown analysis kind {spec.kind!r}; expected one of {sorted(kinds)}")
+        _unknown(r, "model", spec.model, models, "model")
         for i, v in enumerate(spec.variants):
-            if v != "reference" and v not in variants:
-                raise r.fail(f"variants[{i}]", f"unknown variant {v!r}; defined: {sorted(variants)}")
+            if v != "reference":
+                _unknown(r, f"variants[{i}]", v, variants, "variant")
         for i, rn in enumerate(spec.runners):
-            if rn not in runners:
-                raise r.fail(f"runners[{i}]", f"unknown runner {rn!r}; defined: {sorted(runners)}")
-        if spec.split not in ANALYSIS_SPLITS:
-            raise r.fail("split", f"expected one of {list(ANALYSIS_SPLITS)}, got {spec.split!r}")
-        r.done()  # a misspelt key first: it explains the kind's complaints that may follow
+            _unknown(r, f"runners[{i}]", rn, runners, "runner")
         if kinds is not None:
-            info = kinds[kind]
-            if getattr(info, "params", None) is not None:
-                parse_params(info.params, spec.params, f"{atab.path}: analyses.{name}.params")
-            check = getattr(info, "check", None)
+            _plugin_params(kinds, spec.kind, spec.params, f"{r.path}: analyses.{name}.params")
+            check = getattr(kinds[spec.kind], "check", None)
             problem = check(spec, variants, runners) if check is not None else None
             if problem is not None:
                 raise r.fail(*problem)
@@ -581,11 +688,13 @@ def _analyses(
     return out
 
 
-def parse_params(kind: type[T], values: Mapping[str, Any], where: str) -> T:
+def parse_params(kind: Callable[..., T], values: Mapping[str, Any], where: str) -> T:
     """Build a params dataclass from a TOML table, checking names and types.
 
     `where` is the key path used in errors, e.g. 'matrix.toml: variants.ort-int8-static.params'.
+    A registry's `params: type` gives Any; a dataclass gives an instance of it.
     """
+    make = kind  # is_dataclass narrows `kind` to a type mypy cannot call back into T
     if not dataclasses.is_dataclass(kind):
         raise TypeError(f"{kind!r} is not a dataclass")
     fields = {f.name: f for f in dataclasses.fields(kind)}
@@ -597,14 +706,32 @@ def parse_params(kind: type[T], values: Mapping[str, Any], where: str) -> T:
     for name, value in values.items():
         kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
     try:
-        return kind(**kwargs)
+        return make(**kwargs)
     except (TypeError, ValueError) as e:
         raise SpecError(f"{where}: {e}") from None
 
 
-def _coerce(hint: Any, value: Any, where: str) -> Any:
+_KINDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _describe(hint: Any) -> str:
+    """What a value of type `hint` looks like in TOML, for error messages."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        inner = {str: "names", int: "integers", float: "numbers"}.get(args[0] if args else Any, "values")
+        return f"a list of {inner}"
+    if origin in (dict, collections.abc.Mapping) or hint is dict:
+        return "a table"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args if a is not type(None))
+    return _KINDS.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _coerce(hint: Any, value: Any, where: str, what: str | None = None) -> Any:
+    """`value` as type `hint` (TOML integers are numbers; bools are never numbers), or a SpecError."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    expected = what or _describe(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -613,7 +740,7 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(arg, value, where)
+                return _coerce(arg, value, where, what)
             except SpecError as e:
                 errors.append(str(e))
         raise SpecError(errors[0] if errors else f"{where}: unexpected value {value!r}")
@@ -623,15 +750,20 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         return value
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise SpecError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+            raise SpecError(f"{where}: expected {expected}, got {type(value).__name__} {value!r}")
         inner = args[0] if args else Any
-        return tuple(_coerce(inner, v, f"{where}[{i}]") for i, v in enumerate(value))
+        item = "a name (string)" if inner is str else None
+        return tuple(_coerce(inner, v, f"{where}[{i}]", item) for i, v in enumerate(value))
+    if origin in (dict, collections.abc.Mapping):
+        if not isinstance(value, dict):
+            raise SpecError(f"{where}: expected {expected}, got {type(value).__name__} {value!r}")
+        return dict(value)
     if hint is Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint in (int, float) and isinstance(value, bool):
-        raise SpecError(f"{where}: expected {_kind_name(hint)}, got {value!r}")
+        raise SpecError(f"{where}: expected {expected}, got bool {value!r}")
     if isinstance(hint, type) and not isinstance(value, hint):
-        raise SpecError(f"{where}: expected {_kind_name(hint)}, got {type(value).__name__} {value!r}")
+        raise SpecError(f"{where}: expected {expected}, got {type(value).__name__} {value!r}")
     return value

@@ -10,8 +10,24 @@ from typing import Literal
 import pytest
 
 import builders
+import runners
+import runners.analyses
 from quantmatrix.errors import SpecError
-from quantmatrix.spec import load_matrix, parse_params
+from quantmatrix.spec import (
+    SECTIONS,
+    DatasetSpec,
+    FinetuneSpec,
+    GenerationSpec,
+    MeasureSpec,
+    ModelSpec,
+    RunnerSpec,
+    Settings,
+    Thresholds,
+    VariantSpec,
+    load_matrix,
+    parse_params,
+    section_fields,
+)
 
 GOOD = """
 [datasets.d]
@@ -51,6 +67,51 @@ def test_good_minimal_matrix(write_matrix):
     assert m.profile("smoke").models == ("m",)
 
 
+def test_unset_keys_take_the_dataclass_defaults(write_matrix):
+    """One copy of each default: a key left out reads the dataclass's own default, nothing else."""
+    m = load_matrix(write_matrix(GOOD))
+    assert m.thresholds == Thresholds() and m.measure == MeasureSpec() and m.profile("smoke").measure == MeasureSpec()
+    assert m.seed == Settings().seed
+    assert m.datasets["d"] == DatasetSpec(name="d", source="bundled:headlines9")
+    assert m.models["m"] == ModelSpec(name="m", source="random:bert-tiny", dataset="d")
+    assert m.variants["v"] == VariantSpec(name="v", builder="reference")
+    assert m.runners["r"] == RunnerSpec(name="r", backend="torch")
+
+
+def test_settings_seed_seeds_datasets_and_finetunes_unless_they_set_their_own(write_matrix):
+    body = "[settings]\nseed = 7\n" + GOOD.replace('dataset = "d"', 'dataset = "d"\n[models.m.finetune]\nepochs = 1')
+    m = load_matrix(write_matrix(body))
+    assert m.seed == 7 and m.datasets["d"].seed == 7 and m.models["m"].finetune == FinetuneSpec(epochs=1.0, seed=7)
+    own = load_matrix(
+        write_matrix(body.replace('source = "bundled:headlines9"', 'source = "bundled:headlines9"\nseed = 3'))
+    )
+    assert own.datasets["d"].seed == 3 and own.models["m"].finetune.seed == 7
+
+
+def test_profile_measure_overrides_inherit_the_files_measure(write_matrix):
+    body = GOOD + "\n[measure]\nwarmup = 3\nrepeats = 2\n[profiles.smoke.measure]\nrepeats = 4\nmin_seconds = 1\n"
+    m = load_matrix(write_matrix(body))
+    assert m.measure == MeasureSpec(warmup=3, repeats=2)
+    assert m.profile("smoke").measure == MeasureSpec(warmup=3, repeats=4, min_seconds=1.0)
+
+
+@pytest.mark.parametrize("kind", [*SECTIONS.values(), FinetuneSpec, GenerationSpec], ids=lambda k: k.__name__)
+def test_every_matrix_key_is_documented(kind):
+    for f in section_fields(kind):
+        assert f.key.doc, f"{kind.__name__}.{f.name} has no Key(doc) annotation: docs/matrix.md would show no meaning"
+
+
+def test_every_example_matrix_in_the_repository_loads(repo):
+    """Every matrix file shipped (not pyproject) is a test: it loads with every registry checking it."""
+    files = [p for p in repo.rglob("*.toml") if p.name != "pyproject.toml" and not {".nox", ".git"} & set(p.parts)]
+    assert repo / "matrix.toml" in files
+    for path in files:
+        m = load_matrix(
+            path, builders=builders.registry(), backends=runners.registry(), analyses=runners.analyses.registry()
+        )
+        assert m.profiles
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
@@ -66,6 +127,27 @@ def test_good_minimal_matrix(write_matrix):
         (GOOD.replace('variants = ["v"]', 'variants = ["w"]'), "profiles.smoke.variants[0]: unknown variant 'w'"),
         (GOOD + "\n[measure]\nbatch_sizes = [0]\n", "measure.batch_sizes[0]: expected a positive integer"),
         (GOOD + "\n[measure]\nseq_modes = ['wide']\n", "measure.seq_modes[0]: expected one of"),
+        (GOOD + "\n[measure]\nrepeats = 0\n", "measure.repeats: must be at least 1"),
+        (GOOD + "\n[measure]\nwarmup = -1\n", "measure.warmup: must not be negative"),
+        (GOOD + "\n[measure]\nrobustness_levels = [1.5]\n", "measure.robustness_levels[0]: expected a rate"),
+        (GOOD + "\n[measure]\nmin_seconds = true\n", "measure.min_seconds: expected a number, got bool"),
+        (GOOD + "\n[settings]\nseed = '1'\n", "settings.seed: expected an integer, got str"),
+        ("settings = 3\n" + GOOD, "settings: expected a table"),
+        (GOOD.replace('source = "bundled:headlines9"', 'source = "s3:x"'), "datasets.d.source: expected 'bundled:"),
+        (GOOD.replace('source = "bundled:headlines9"', ""), "datasets.d.source: missing; expected 'bundled:"),
+        (GOOD.replace('backend = "torch"', 'device = "cpu"'), "runners.r.backend: missing; expected a string"),
+        (GOOD.replace('backend = "torch"', 'backend = "torch"\nparams = 1'), "runners.r.params: expected a table"),
+        (
+            GOOD.replace('dataset = "d"', 'dataset = "d"\n[models.m.finetune]\nmethod = "qlora"'),
+            "models.m.finetune.method: expected one of ['lora', 'full']",
+        ),
+        (
+            GOOD.replace('dataset = "d"', 'dataset = "d"\n[models.m.finetune]\nlora = 1'),
+            "models.m.finetune.lora: unknown key",
+        ),
+        (GOOD.replace("[variants.v]", "[variants.reference]"), "variants.reference: 'reference' is reserved"),
+        (GOOD.replace("[variants.v]", "[variants.V]"), "variants.V: names must be lowercase"),
+        (GOOD.replace('variants = ["v"]\n', ""), "profiles.smoke.variants: missing; expected a list of names"),
     ],
 )
 def test_bad_matrix_one_line_error(write_matrix, body, expected):
