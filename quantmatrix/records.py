@@ -59,6 +59,7 @@ class Fingerprint(Record):
     packages: dict[str, str] = Field(default_factory=dict)
     git_commit: str | None = None
     git_dirty: bool | None = None
+    git_commit_date: str | None = Field(None, description="committer date of git_commit, ISO 8601 (for history)")
     gpu_name: str | None = None
     gpu_driver: str | None = None
     cuda_version: str | None = None
@@ -100,6 +101,19 @@ class Manifest(Record):
     created: str
 
 
+class LatencySlice(Record):
+    """One short stretch of a timed loop: samples[first:first + count], measured as one turn.
+
+    Slices with the same `round` across the cells of one comparison group were measured side by side
+    (the cells took turns), so a slow phase of the host hits them alike: statistics pair them.
+    """
+
+    first: int = Field(ge=0, description="index of the slice's first sample in Latency.samples")
+    count: int = Field(ge=1)
+    started: float = Field(description="wall-clock epoch seconds at the slice's first sample")
+    round: int = Field(ge=0, description="the interleaving round; same round across cells = measured side by side")
+
+
 class Latency(Record):
     """Raw per-call samples and their summary; `unit` applies to all values."""
 
@@ -130,6 +144,10 @@ class Latency(Record):
         description="single-thread memory copy bandwidth in GB/s just before and just after the timed loop "
         "(64 MiB, far past the caches): a VM shares this path with the host's other tenants, and a batch-1 "
         "forward pass streams its weights over it",
+    )
+    slices: list[LatencySlice] | None = Field(
+        None,
+        description="the turns the samples were taken in (interleaved timing); None: one uninterrupted loop",
     )
 
 
