@@ -66,8 +66,7 @@ class Interval:
 
     def describe(self, spec: str = ".2f", suffix: str = "") -> str:
         return (
-            f"{self.value:{spec}}{suffix} [{self.low:{spec}}, {self.high:{spec}}] "
-            f"({self.level:.0%} CI, {self.method})"
+            f"{self.value:{spec}}{suffix} [{self.low:{spec}}, {self.high:{spec}}] ({self.level:.0%} CI, {self.method})"
         )
 
 
@@ -116,7 +115,9 @@ def _thinned(parts: Sequence[np.ndarray]) -> list[np.ndarray]:
     step = math.ceil(total / POOL_LIMIT)
     if step <= 1:
         return list(parts)
-    return [np.sort(p)[step // 2 :: step] if len(p) > step else np.sort(p)[len(p) // 2 : len(p) // 2 + 1] for p in parts]
+    return [
+        np.sort(p)[step // 2 :: step] if len(p) > step else np.sort(p)[len(p) // 2 : len(p) // 2 + 1] for p in parts
+    ]
 
 
 def _matrix(parts: Sequence[np.ndarray]) -> np.ndarray:
@@ -257,8 +258,6 @@ def change_test(base: Slices, other: Slices, *, alpha: float = ALPHA) -> ChangeT
     else:
         if min(base.count, other.count) < MIN_SLICES:
             return None
-        p = mann_whitney(
-            np.array([np.median(x) for x in base.parts]), np.array([np.median(x) for x in other.parts])
-        )
+        p = mann_whitney(np.array([np.median(x) for x in base.parts]), np.array([np.median(x) for x in other.parts]))
         method = f"Mann-Whitney U on {base.count}+{other.count} slice medians"
     return ChangeTest(p, p < alpha, method, alpha)
