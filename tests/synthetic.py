@@ -51,7 +51,7 @@ def result(
             device="cpu",
             batch_size=batch_size,
             seq_mode="padded",
-        ),  # fmt: skip
+        ),
         status="ok",
         verdict="reference" if variant == "reference" else verdict,  # type: ignore[arg-type]
         fingerprint=fp,
