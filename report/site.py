@@ -14,6 +14,8 @@ from typing import Any
 import altair as alt
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from quantmatrix.results import frame, write_table
+from quantmatrix.summary import summarise
 from report.data import Loaded, build_table, load
 from report.pages import PAGES, Context, Page
 
@@ -129,13 +131,21 @@ def render(
     fallbacks: bool = True,
     full_raw: bool = False,
     log: Callable[[str], None] = print,
+    tables: dict[str, Path] | None = None,
 ) -> Path:
-    """Render the site for every result under `dirs` into `out` (replaced); returns the index page."""
+    """Render the site for every result under `dirs` into `out` (replaced); returns the index page.
+
+    `tables` maps a format ("csv", "parquet") to a file that receives one row per cell (quantmatrix.results).
+    """
     t0 = time.perf_counter()
     loaded = load(dirs)
     for name, reason in loaded.invalid:
         log(f"report: invalid result {name}: {reason}")
-    table = build_table(loaded)
+    rows = summarise(loaded.results, loaded.samples)
+    table = build_table(loaded, rows)
+    for fmt, path in (tables or {}).items():
+        write_table(frame(loaded.results, rows), path, fmt)
+        log(f"report: {len(rows)} cells -> {path}")
     if out.exists():
         shutil.rmtree(out)
     (out / "static").mkdir(parents=True)
@@ -148,7 +158,7 @@ def render(
         shutil.copyfile(path, out / rel)
         loaded.analysis_links[path] = rel
 
-    ctx = Context(loaded, table)
+    ctx = Context(loaded, table, rows=rows)
     built: list[tuple[Page, dict[str, Any], int]] = []
     if loaded.results:
         for p in PAGES:
