@@ -65,7 +65,8 @@ def test_step_detector_marks_the_regressing_commit_only(runs):
 
 def test_report_writes_csv_parquet_history_and_the_answer(runs, tmp_path):
     out = tmp_path / "site"
-    args = [str(runs), "--out", str(out), "--no-png", "--csv", str(tmp_path / "t.csv"), "--parquet", str(tmp_path / "t.pq")]
+    args = [str(runs), "--out", str(out), "--no-png", "--csv", str(tmp_path / "t.csv")]
+    args += ["--parquet", str(tmp_path / "t.pq")]
     assert report_main(args) == 0
     csv, pq = pd.read_csv(tmp_path / "t.csv"), pd.read_parquet(tmp_path / "t.pq")
     assert len(csv) == len(pq) == 9 and list(csv.columns) == list(pq.columns)
@@ -76,7 +77,8 @@ def test_report_writes_csv_parquet_history_and_the_answer(runs, tmp_path):
     index = (out / "index.html").read_text(encoding="utf-8")
     answer = index[index.index("The answer") : index.index("Every variant")]
     assert answer.count("ort-int8-dynamic @ ort-cpu") == 3
-    assert re.search(r"<b>\d\.\d\d×</b> \[\d\.\d\d, \d\.\d\d\] <span class=\"ci\">95% CI, unpaired, 20 slices each", answer)
+    ci = r"<b>\d\.\d\d×</b> \[\d\.\d\d, \d\.\d\d\] <span class=\"ci\">95% CI, unpaired, 20 slices each"
+    assert re.search(ci, answer)
     assert "vs onnx-fp32 @ ort-cpu [" in answer  # against FP32 on the same backend, with its CI
 
 
