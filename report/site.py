@@ -143,9 +143,6 @@ def render(
         log(f"report: invalid result {name}: {reason}")
     rows = summarise(loaded.results, loaded.samples)
     table = build_table(loaded, rows)
-    for fmt, path in (tables or {}).items():
-        write_table(frame(loaded.results, rows), path, fmt)
-        log(f"report: {len(rows)} cells -> {path}")
     if out.exists():
         shutil.rmtree(out)
     (out / "static").mkdir(parents=True)
@@ -185,6 +182,10 @@ def render(
             common | data | {"current": p.slug, "title": p.title, "charts": ctx.charts[first_chart:last_chart]}
         )
         (out / p.file).write_text(html, encoding="utf-8")
+    # After the site, which replaces `out`: a table may be asked for inside it (site/results.csv).
+    for fmt, path in (tables or {}).items():
+        write_table(frame(loaded.results, rows), path, fmt)
+        log(f"report: {len(rows)} cells -> {path}")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     log(
         f"report: {len(loaded.results)} results ({len(loaded.invalid)} invalid), {len(table)} cells, "

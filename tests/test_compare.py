@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -90,3 +91,14 @@ def test_gate_thresholds_are_checked(tmp_path, capsys, flag):
     root = write_run(tmp_path / "results", _run("base", 0) + _run("head", 1))
     assert main(["compare", str(root), "--base", "base", "--other", "head", flag, "150"]) == 2
     assert f"{flag} takes a percentage in [0, 100), got 150" in capsys.readouterr().err
+
+
+def test_pr_workflow_gates_on_compare_and_the_benchmark_keeps_history(repo):
+    yaml = pytest.importorskip("yaml")
+    pr = yaml.safe_load((repo / ".github/workflows/pr-benchmark.yml").read_text())
+    steps = json.dumps(pr["jobs"]["compare"]["steps"])
+    assert steps.count("nox -s benchmark-cpu") == 2 and "--run-id base" in steps and "--run-id head" in steps
+    assert "python -m quantmatrix compare" in steps and "--fail-if-slower" in steps
+    assert "--fail-if-quality-drop" in steps and '--markdown \\"$GITHUB_STEP_SUMMARY\\"' in steps
+    bench = json.dumps(yaml.safe_load((repo / ".github/workflows/benchmark.yml").read_text())["jobs"]["report"])
+    assert "history/results.tar.gz" in bench and "nox -s report -- history" in bench

@@ -65,10 +65,10 @@ def test_step_detector_marks_the_regressing_commit_only(runs):
 
 def test_report_writes_csv_parquet_history_and_the_answer(runs, tmp_path):
     out = tmp_path / "site"
-    args = [str(runs), "--out", str(out), "--no-png", "--csv", str(tmp_path / "t.csv")]
+    args = [str(runs), "--out", str(out), "--no-png", "--csv", str(out / "results.csv")]  # inside the site
     args += ["--parquet", str(tmp_path / "t.pq")]
     assert report_main(args) == 0
-    csv, pq = pd.read_csv(tmp_path / "t.csv"), pd.read_parquet(tmp_path / "t.pq")
+    csv, pq = pd.read_csv(out / "results.csv"), pd.read_parquet(tmp_path / "t.pq")
     assert len(csv) == len(pq) == 9 and list(csv.columns) == list(pq.columns)
     assert set(pq.variant) == {v for v, _, _ in CELLS} and pq.p50_high.notna().all()
     hist = (out / "history.html").read_text(encoding="utf-8")
