@@ -129,7 +129,8 @@ def render(changes: Sequence[CellChange], base: str, other: str, gate: Gate, *, 
         failures = gate.failures(c)
         gate_text = "FAIL: " + "; ".join(failures) if failures else "ok"
         if c.note:
-            rows.append([c.name, _ms(c.base), _ms(c.other), "-", c.change, c.note, "-", "-", gate_text])
+            rows.append([c.name, _ms(c.base), _ms(c.other), "-", c.change, c.note,
+                         _delta(c.f1_delta), _delta(c.agreement_delta), gate_text])  # fmt: skip
             continue
         ratio = f"{c.ratio:.3f}" if c.ratio is not None else "-"
         if c.interval:

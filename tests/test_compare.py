@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 from synthetic import result, write_run
 
 from quantmatrix.__main__ import main
 from quantmatrix.compare import Gate, compare_cells
+from quantmatrix.metrics import percentile_summary
+from quantmatrix.records import Latency, LatencySlice
 from quantmatrix.summary import headlines, load_results, render_text, summarise
 
 CELLS = [("reference", "torch-eager", 20.0), ("onnx-fp32", "ort-cpu", 15.0), ("ort-int8-dynamic", "ort-cpu", 5.0)]
@@ -102,3 +105,23 @@ def test_pr_workflow_gates_on_compare_and_the_benchmark_keeps_history(repo):
     assert "--fail-if-quality-drop" in steps and '--markdown \\"$GITHUB_STEP_SUMMARY\\"' in steps
     bench = json.dumps(yaml.safe_load((repo / ".github/workflows/benchmark.yml").read_text())["jobs"]["report"])
     assert "history/results.tar.gz" in bench and "nox -s report -- history" in bench
+
+
+def test_interleaved_slices_are_paired_by_round_in_the_summary_and_in_compare(tmp_path):
+    # Two runs whose cells took turns in 20 rounds: each round's host speed hit both alike.
+    rng = np.random.default_rng(8)
+    phase = np.repeat(rng.lognormal(0.0, 0.3, 5), 4)
+    results = []
+    for run, factor in (("base", 1.0), ("head", 1.08)):
+        r = result("ort-int8-dynamic", "ort-cpu", 5.0, run_id=run)
+        samples = [float(x) for f in phase for x in 5.0 * factor * f * rng.lognormal(0, 0.02, 10)]
+        turns = [LatencySlice(first=10 * i, count=10, started=1e9 + i, round=i) for i in range(20)]
+        r.latency = Latency(samples=samples, iterations=200, warmup=5, slices=turns, **percentile_summary(samples))
+        results.append(r)
+    root = write_run(tmp_path / "results", results)
+    loaded, _ = load_results([root])
+    [change] = compare_cells(loaded, summarise(loaded), "base", "head")
+    assert change.interval is not None and change.interval.method == "paired, 20 rounds"
+    assert change.test is not None and change.test.method == "Wilcoxon signed-rank on 20 paired rounds"
+    assert change.change == "slower" and change.interval.covers(1.08)
+    assert summarise(loaded)[0].p50_ci_method == "20 interleaved slices"
