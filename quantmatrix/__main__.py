@@ -5,9 +5,12 @@ python -m quantmatrix check [matrix.toml]   validate the matrix and print its pr
 python -m quantmatrix fingerprint           print this machine's fingerprint as JSON
 python -m quantmatrix noise [--seconds 30]  probe memory bandwidth and CPU speed once a second: is this
                                             machine steady enough for round-to-round p50s to agree?
-python -m quantmatrix compare RESULTS --base RUN --other RUN
+python -m quantmatrix compare RESULTS --base RUN --other RUN [--fail-if-slower PCT]
+                          [--fail-if-quality-drop PCT] [--markdown FILE]
                                             cell by cell, run OTHER's p50 against run BASE's
-                                            (e.g. containers against venvs, or two machines)
+                                            (e.g. containers against venvs, or two machines), with
+                                            a significance test and the ratio's 95% CI; exits 1
+                                            when a gate fails (docs/statistics.md)
 """
 
 from __future__ import annotations
@@ -81,14 +84,36 @@ def noise(seconds: int) -> int:
     return 0
 
 
-def compare(paths: list[Path], base: str, other: str, tolerance: float) -> int:
+def compare(
+    paths: list[Path],
+    base: str,
+    other: str,
+    tolerance: float,
+    gate_args: tuple[float | None, float | None] = (None, None),
+    markdown: Path | None = None,
+) -> int:
+    from quantmatrix.compare import Gate, compare_cells, render
+    from quantmatrix.records import atomic_write_text
     from quantmatrix.summary import compare_runs, load_results, summarise
 
     results, errors = load_results(paths)
     for e in errors:
         print(f"skipped: {e}", file=sys.stderr)
-    print("\n".join(compare_runs(summarise(results), base, other, tolerance)))
-    return 0
+    rows = summarise(results)
+    gate = Gate(*gate_args)
+    changes = compare_cells(results, rows, base, other)
+    lines = render(changes, base, other, gate)
+    print("\n".join([*lines, compare_runs(rows, base, other, tolerance)[-1]]))
+    failed = [(c, f) for c in changes for f in gate.failures(c)]
+    if markdown is not None:
+        text = "\n".join(render(changes, base, other, gate, markdown=True))
+        verdict = f"**gate failed**: {len(failed)} problem(s)" if failed else "gate passed"
+        # Appended, not replaced: $GITHUB_STEP_SUMMARY collects every step's summary in one file.
+        old = markdown.read_text(encoding="utf-8") if markdown.is_file() else ""
+        atomic_write_text(markdown, old + text + f"\n{verdict}\n")
+    for c, f in failed:
+        print(f"FAIL {c.name}: {f}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,6 +133,19 @@ def main(argv: list[str] | None = None) -> int:
     cmp.add_argument("--base", required=True, help="run id to compare against")
     cmp.add_argument("--other", required=True, help="run id compared")
     cmp.add_argument("--tolerance", type=float, default=0.10, help="ratio counted as equal within this (0.10)")
+    cmp.add_argument(
+        "--fail-if-slower",
+        type=float,
+        metavar="PCT",
+        help="exit 1 if a cell is significantly slower (p < 0.05) by more than PCT percent, or stopped measuring",
+    )
+    cmp.add_argument(
+        "--fail-if-quality-drop",
+        type=float,
+        metavar="PCT",
+        help="exit 1 if a cell's macro-F1 or top-1 agreement falls by more than PCT percent (exact, no test)",
+    )
+    cmp.add_argument("--markdown", type=Path, help="also append the table as Markdown to FILE ($GITHUB_STEP_SUMMARY)")
     args = ap.parse_args(argv)
     try:
         if args.command == "schemas":
@@ -117,7 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "noise":
             return noise(args.seconds)
         if args.command == "compare":
-            return compare(args.results, args.base, args.other, args.tolerance)
+            for flag, value in (("--fail-if-slower", args.fail_if_slower),
+                                ("--fail-if-quality-drop", args.fail_if_quality_drop)):  # fmt: skip
+                if value is not None and not 0 <= value < 100:
+                    raise QuantmatrixError(f"{flag} takes a percentage in [0, 100), got {value:g}")
+            gates = (args.fail_if_slower, args.fail_if_quality_drop)
+            return compare(args.results, args.base, args.other, args.tolerance, gates, args.markdown)
         from quantmatrix.hardware import fingerprint
 
         print(fingerprint().model_dump_json(indent=2))

@@ -169,6 +169,22 @@ def git_commit(root: Path = REPO_ROOT) -> tuple[str | None, bool | None]:
         return None, None
 
 
+def git_commit_date(commit: str | None, root: Path = REPO_ROOT) -> str | None:
+    """Committer date (ISO 8601) of `commit`, so a history orders runs by commit, not by when they ran."""
+    baked = os.environ.get("QUANTMATRIX_GIT_COMMIT_DATE")
+    if baked:
+        return baked
+    if not commit or not shutil.which("git"):
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "show", "-s", "--format=%cI", commit], cwd=root, capture_output=True, text=True, timeout=5
+        )
+    except (subprocess.SubprocessError, OSError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
 def gpu_info() -> dict[str, str | None]:
     """Name, driver, CUDA version and compute capability from nvidia-smi, without touching CUDA."""
     empty: dict[str, str | None] = {
@@ -226,6 +242,7 @@ def fingerprint(image: str | None = None, runtime: str = "local") -> Fingerprint
         packages=packages,
         git_commit=commit,
         git_dirty=dirty,
+        git_commit_date=git_commit_date(commit),
         tensorrt_version=packages.get("tensorrt"),
         image=image or os.environ.get("QUANTMATRIX_IMAGE"),
         runtime=_runtime(runtime),

@@ -62,6 +62,7 @@ class Fingerprint(Record):
     packages: dict[str, str] = Field(default_factory=dict)
     git_commit: str | None = None
     git_dirty: bool | None = None
+    git_commit_date: str | None = Field(None, description="committer date of git_commit, ISO 8601 (for history)")
     gpu_name: str | None = None
     gpu_driver: str | None = None
     cuda_version: str | None = None
@@ -215,6 +216,19 @@ class Manifest(Record):
         return self
 
 
+class LatencySlice(Record):
+    """One short stretch of a timed loop: samples[first:first + count], measured as one turn.
+
+    Slices with the same `round` across the cells of one comparison group were measured side by side
+    (the cells took turns), so a slow phase of the host hits them alike: statistics pair them.
+    """
+
+    first: int = Field(ge=0, description="index of the slice's first sample in Latency.samples")
+    count: int = Field(ge=1)
+    started: float = Field(description="wall-clock epoch seconds at the slice's first sample")
+    round: int = Field(ge=0, description="the interleaving round; same round across cells = measured side by side")
+
+
 class Latency(Record):
     """Raw per-call samples and their summary; `unit` applies to all values."""
 
@@ -266,6 +280,10 @@ class Latency(Record):
         None,
         description=f"other work took more than {DISTURBED_SHARE:.0%} of the usable cores while this loop ran: the "
         "samples compete with it; never used for a headline, re-measured on the next resume",
+    )
+    slices: list[LatencySlice] | None = Field(
+        None,
+        description="the turns the samples were taken in (interleaved timing); None: one uninterrupted loop",
     )
 
 

@@ -4,22 +4,28 @@ Only numbers from result files: a cell measured in several rounds shows the medi
 p50s and their spread (max/min); speed-ups are against the FP32 reference on the FP32-baseline backend
 (eager, not compiled) for the same model, batch size and sequence mode (the fastest of its thread
 settings); an overhead runner's p50 is shown as a share of the fastest real p50 (the harness's own
-overhead). Cells are classified by the capabilities their results carry, never by backend name.
+overhead). Cells are classified by the capabilities their results carry, never by backend name. Every p50 and speed-up
+carries a 95% bootstrap CI from quantmatrix.stats (slices of the raw samples; see docs/statistics.md).
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from quantmatrix.capabilities import Capability
 from quantmatrix.errors import QuantmatrixError, RecordError
 from quantmatrix.machine_lock import DISTURBED_SHARE
 from quantmatrix.records import Result, read_record
+from quantmatrix.stats import Interval, Slices, combine, median_ci, ratio_ci, slices_of
 
 REFERENCE = "reference"
+# Raw latency samples by result index, for callers that keep them apart from the records (the report).
+SampleSource = Sequence[np.ndarray | Sequence[float] | None] | None
 # Other processes' CPU use during timing above which a cell's latency is flagged as disturbed.
 BUSY_CORES = 0.25
 # Round-to-round p50 spread worth a note.
@@ -67,6 +73,18 @@ class CellSummary:
     fp32_baseline: bool = False  # the FP32 reference on the baseline backend, eager: what speed-ups divide
     disturbed: int = 0  # rounds timed while other work took more than DISTURBED_SHARE of the usable cores
     baseline_disturbed: bool = False  # the FP32 eager baseline of `speedup` had a disturbed round
+    # 95% bootstrap CIs (quantmatrix.stats) of the pooled median and of the speed-up, and what they stand on
+    # ("20 adjacent chunks", "paired, 20 rounds"); None where the raw samples were too few or absent.
+    p50_low: float | None = None
+    p50_high: float | None = None
+    p50_ci_method: str | None = None
+    speedup_low: float | None = None
+    speedup_high: float | None = None
+    speedup_slices: int | None = None
+    speedup_method: str | None = None
+    git_commit: str | None = None
+    git_commit_date: str | None = None  # the commit's date, else None (then `started` orders a history)
+    started: str | None = None  # the earliest round's start
 
     @property
     def key(self) -> tuple[str, int, str]:
@@ -117,7 +135,27 @@ def _any_disturbed(rs: Iterable[Result]) -> bool:
     return any(r.latency.disturbed for r in rs if r.status == "ok" and r.latency)
 
 
-def summarise(results: list[Result]) -> list[CellSummary]:
+def cell_slices(results: Sequence[Result], members: Iterable[int], samples: SampleSource = None) -> Slices:
+    """The ok rounds of one cell as slices for quantmatrix.stats (all rounds pooled)."""
+    parts = []
+    for i in members:
+        r = results[i]
+        if r.status == "ok" and r.latency:
+            values = r.latency.samples if samples is None else samples[i]
+            if values is not None and len(values):
+                parts.append(slices_of(values, r.latency.slices, source=f"{r.run_id}/{r.cell.variant}@{r.cell.runner}"))
+    return combine(parts)
+
+
+def speedup_interval(
+    results: Sequence[Result], base: Iterable[int], other: Iterable[int], samples: SampleSource = None
+) -> Interval | None:
+    """p50(base) / p50(other) with its bootstrap CI, from the raw samples of both cells' ok rounds."""
+    return ratio_ci(cell_slices(results, base, samples), cell_slices(results, other, samples))
+
+
+def summarise(results: list[Result], samples: SampleSource = None) -> list[CellSummary]:
+    """One row per cell and run; `samples[i]` replaces results[i]'s raw samples where a caller dropped them."""
     groups: dict[tuple[str, ...], list[Result]] = {}
     members: dict[tuple[str, ...], list[int]] = {}
     for index, r in enumerate(results):
@@ -168,6 +206,13 @@ def summarise(results: list[Result]) -> list[CellSummary]:
             ]
             overhead = p50 / min(real) if real else None
             speedup = None
+        mine = cell_slices(results, members[ident], samples) if ok else None
+        p50_ci = median_ci(mine) if mine is not None else None
+        speedup_ci = (
+            ratio_ci(cell_slices(results, members[base_ident], samples), mine)
+            if speedup and base_ident and mine is not None
+            else None
+        )
         rows.append(
             CellSummary(
                 model=model,
@@ -213,6 +258,16 @@ def summarise(results: list[Result]) -> list[CellSummary]:
                 fp32_baseline=all(_is_eager_reference(r) for r in rs),
                 disturbed=sum(1 for r in ok if r.latency and r.latency.disturbed),
                 baseline_disturbed=bool(base_ident) and _any_disturbed(groups[base_ident or ident]),
+                p50_low=p50_ci.low if p50_ci else None,
+                p50_high=p50_ci.high if p50_ci else None,
+                p50_ci_method=p50_ci.method if p50_ci else None,
+                speedup_low=speedup_ci.low if speedup_ci else None,
+                speedup_high=speedup_ci.high if speedup_ci else None,
+                speedup_slices=speedup_ci.slices if speedup_ci else None,
+                speedup_method=speedup_ci.method if speedup_ci else None,
+                git_commit=first.fingerprint.git_commit,
+                git_commit_date=first.fingerprint.git_commit_date,
+                started=min(r.started for r in rs),
             )
         )
     return rows
@@ -224,7 +279,7 @@ def render_text(rows: list[CellSummary]) -> str:
         return "no results"
     head = (
         f"{'model':10} {'variant':32} {'runner':14} {'b':>2} {'seq':7} {'p50 ms':>8} {'p99 ms':>8} {'spread':>6} "
-        f"{'speedup':>7} {'MB':>6} {'F1':>6} {'agree':>6}  verdict"
+        f"{'speedup':>7} {'95% CI':>13} {'MB':>6} {'F1':>6} {'agree':>6}  verdict"
     )
     lines = [head, "-" * len(head)]
 
@@ -234,18 +289,20 @@ def render_text(rows: list[CellSummary]) -> str:
     for r in sorted(rows, key=lambda r: (r.model, r.batch_size, r.seq_mode, r.p50_ms or float("inf"))):
         if r.p50_ms is None:
             lines.append(
-                f"{r.model:10} {r.variant:32} {r.runner:14} {r.batch_size:>2} {r.seq_mode:7} {'':>44}"
+                f"{r.model:10} {r.variant:32} {r.runner:14} {r.batch_size:>2} {r.seq_mode:7} {'':>58}"
                 f"{r.status}: {r.reason}"
             )
             continue
         speed = f"{r.speedup:.2f}x" if r.speedup else (f"{100 * r.overhead:.2f}%" if r.overhead else "-")
+        ci = f"[{r.speedup_low:.2f}, {r.speedup_high:.2f}]" if r.speedup and r.speedup_low and r.speedup_high else "-"
         lines.append(
             f"{r.model:10} {r.variant:32} {r.runner:14} {r.batch_size:>2} {r.seq_mode:7} {r.p50_ms:8.2f} "
-            f"{fmt(r.p99_ms, '8.2f')} {fmt(r.spread, '6.3f')} {speed:>7} {fmt(r.artifact_mb, '6.1f')} "
+            f"{fmt(r.p99_ms, '8.2f')} {fmt(r.spread, '6.3f')} {speed:>7} {ci:>13} {fmt(r.artifact_mb, '6.1f')} "
             f"{fmt(r.macro_f1, '6.4f')} {fmt(r.agreement, '6.4f')}  {r.verdict}"
             + ("  DISTURBED" if r.disturbed else "")
         )
     lines.append("speedup: vs the FP32 reference eager; for the overhead (null) runner, its p50 as % of the fastest")
+    lines.append("95% CI: bootstrap over slices of the raw samples (docs/statistics.md)")
     busy = [r for r in rows if r.background_cores is not None and r.background_cores >= BUSY_CORES]
     if busy:
         worst = max(busy, key=lambda r: r.background_cores or 0.0)
@@ -303,9 +360,18 @@ def headlines(rows: list[CellSummary]) -> list[str]:
         tail += f"; worst spread over rounds {max(spreads):.3f}" if spreads else ""
         lines.append(
             f"{model} b{batch} {seq}: fastest passing INT8 {best.variant} on {best.runner} {best.p50_ms:.2f} ms vs "
-            f"FP32 eager {base_ms:.2f} ms = {best.speedup:.2f}x{tail}"
+            f"FP32 eager {base_ms:.2f} ms = {speedup_text(best)}{tail}"
         )
     return lines
+
+
+def speedup_text(row: CellSummary) -> str:
+    """The row's speed-up with its CI: `3.72x [3.41, 4.05] (95% CI, unpaired, 20 slices each)`."""
+    if row.speedup is None:
+        return "-"
+    if row.speedup_low is None or row.speedup_high is None:
+        return f"{row.speedup:.2f}x (no CI: too few raw samples)"
+    return f"{row.speedup:.2f}x [{row.speedup_low:.2f}, {row.speedup_high:.2f}] (95% CI, {row.speedup_method})"
 
 
 def launch_overheads(results: list[Result]) -> list[str]:

@@ -19,8 +19,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="copy every raw JSON verbatim, however large (default: files over 256 KiB lose their latency samples)",
     )
+    ap.add_argument("--csv", type=Path, metavar="FILE", help="also write one row per cell as CSV (quantmatrix.results)")
+    ap.add_argument("--parquet", type=Path, metavar="FILE", help="also write one row per cell as Parquet")
     args = ap.parse_args(argv)
-    index = render(args.dirs, args.out, fallbacks=not args.no_png, full_raw=args.full_raw)
+    tables = {fmt: path for fmt, path in (("csv", args.csv), ("parquet", args.parquet)) if path is not None}
+    index = render(args.dirs, args.out, fallbacks=not args.no_png, full_raw=args.full_raw, tables=tables)
     print(f"open {index.resolve().as_uri()}")
     return 0
 

@@ -1,8 +1,8 @@
 """Loading and the typed table: every result file validated, grouped into cells, no presentation.
 
 An invalid file becomes one line in `Loaded.invalid` (shown on the site and logged), never an error.
-Latency samples are dropped after validation: the pages show only the percentiles, and a null-runner
-file can hold millions of samples.
+Latency samples leave the records after validation (a null-runner file can hold millions) and are kept
+as compact arrays in `Loaded.samples`, from which the table's confidence intervals are computed.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
@@ -41,6 +42,8 @@ class Loaded:
     # Analysis records (`<run>/analyses/<name>.json`, any kind) with their files; links set when the site is written.
     analyses: list[tuple[AnalysisRecord, Path]] = field(default_factory=list)
     analysis_links: dict[Path, str] = field(default_factory=dict)
+    # Raw latency samples of results[i] (float32 is ample for ms and halves the memory), None without latency.
+    samples: list[np.ndarray | None] = field(default_factory=list)
 
     def machines(self) -> dict[str, Fingerprint]:
         """machine_id -> the fingerprint of its latest result, in order of first appearance."""
@@ -84,9 +87,12 @@ def load(dirs: Iterable[Path]) -> Loaded:
                 loaded.invalid.append((str(path), f"cannot read: {e.strerror or e}"))
                 continue
             samples = 0
+            kept = None
             if result.latency is not None:
                 samples = len(result.latency.samples)
+                kept = np.asarray(result.latency.samples, dtype=np.float32)
                 result.latency.samples = []
+            loaded.samples.append(kept)
             loaded.results.append(result)
             loaded.sources.append(Source(path, len(raw), samples, hashlib.sha256(raw).hexdigest()))
     return loaded
@@ -100,13 +106,15 @@ def machine_name(fp: Fingerprint) -> str:
     return f"{fp.cpu_model} ({fp.cpu_cores_logical} threads){gpu}"
 
 
-def build_table(loaded: Loaded) -> pd.DataFrame:
+def build_table(loaded: Loaded, rows: list[CellSummary] | None = None) -> pd.DataFrame:
     """One row per (machine, model, variant, runner, batch, seq): every number the pages show.
 
     `members` holds indices into `loaded.results`/`loaded.sources` (every round of the cell).
     """
     records = []
-    for row in summarise(loaded.results):
+    if rows is None:
+        rows = summarise(loaded.results, loaded.samples if len(loaded.samples) == len(loaded.results) else None)
+    for row in rows:
         fp = loaded.results[row.members[0]].fingerprint
         records.append(
             asdict(row)

@@ -15,8 +15,11 @@ from typing import Any
 
 import pandas as pd
 
+from quantmatrix.history import STEP_PCT, history
 from quantmatrix.machine_lock import DISTURBED_SHARE
 from quantmatrix.records import Result
+from quantmatrix.stats import ALPHA
+from quantmatrix.summary import CellSummary, speedup_interval
 from report import charts
 from report.data import Loaded, machine_name
 
@@ -37,6 +40,7 @@ class Context:
     loaded: Loaded
     table: pd.DataFrame
     charts: list[Chart] = field(default_factory=list)
+    rows: list[CellSummary] = field(default_factory=list)  # the table's rows as typed summaries (same order)
     _records: dict[Any, dict[str, Any]] | None = field(default=None, repr=False)
 
     def records(self, rows: pd.DataFrame) -> list[dict[str, Any]]:
@@ -109,7 +113,53 @@ def overview(ctx: Context) -> dict[str, Any] | None:
         for rec in records:
             rec["raw"] = ctx.links(rec["members"])
         models.append({"name": str(model), "rows": records, "random_init": bool(rows["random_init"].any())})
-    return {"models": models, "disturbed_share": f"{DISTURBED_SHARE:.0%}"}
+    return {"models": models, "answers": _answers(ctx), "disturbed_share": f"{DISTURBED_SHARE:.0%}"}
+
+
+def _answers(ctx: Context) -> list[dict[str, Any]]:
+    """Per machine, model and setting: the fastest passing INT8 variant, against FP32 eager and against FP32
+    on its own backend, each speed-up with its bootstrap CI (what users run the matrix to learn)."""
+    out = []
+    t = ctx.table
+    for (machine, model, batch, seq, run), rows in t.groupby(["machine", "model", "batch_size", "seq_mode", "run_id"]):
+        clean = (rows["disturbed"] == 0) & ~rows["baseline_disturbed"].astype(bool)  # never a disturbed headline
+        passing = rows[
+            rows["precision"].str.contains("int8") & (rows["verdict"] == "pass") & rows["speedup"].notna() & clean
+        ]
+        if passing.empty:
+            continue
+        best = ctx.records(passing.sort_values("p50_ms").head(1))[0]
+        same = rows[
+            (rows["backend"] == best["backend"]) & (rows["precision"] == "fp32") & rows["p50_ms"].notna() & clean
+        ]
+        backend_fp32 = None
+        if not same.empty:
+            base = ctx.records(same.sort_values("p50_ms").head(1))[0]
+            ci = speedup_interval(ctx.loaded.results, base["members"], best["members"], ctx.loaded.samples)
+            backend_fp32 = {"label": base["label"], "p50_ms": base["p50_ms"],
+                            "speedup": base["p50_ms"] / best["p50_ms"], "ci": ci}  # fmt: skip
+        out.append({"machine": machine, "model": model, "batch_size": batch, "seq_mode": seq, "run_id": run,
+                    "best": best, "backend_fp32": backend_fp32})  # fmt: skip
+    return out
+
+
+@page("history", "History")
+def history_page(ctx: Context) -> dict[str, Any] | None:
+    """Per cell measured in two or more runs: p50 with its CI and macro-F1 against commit/date, steps marked."""
+    series = history(ctx.loaded.results, ctx.rows, ctx.loaded.samples)
+    if not series:
+        return None
+    cells = []
+    for s in series:
+        machine, model, variant, runner, batch, seq = s.key
+        points = [{"row": p.row, "when": p.when, "step": p.step,
+                   "commit": (p.row.git_commit or "unknown")[:10], "raw": ctx.links(p.row.members)}
+                  for p in s.points]  # fmt: skip
+        cells.append({"machine": machine, "model": model, "variant": variant, "runner": runner,
+                      "config": f"batch {batch}, {seq}", "points": points, "steps": s.steps})  # fmt: skip
+    runs = len({p["row"].run_id for c in cells for p in c["points"]})
+    return {"cells": cells, "runs": runs, "step_pct": STEP_PCT, "alpha": ALPHA,
+            "stepped": sum(c["steps"] > 0 for c in cells)}  # fmt: skip
 
 
 @page("pareto", "Accuracy × latency")

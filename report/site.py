@@ -14,6 +14,8 @@ from typing import Any
 import altair as alt
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from quantmatrix.results import frame, write_table
+from quantmatrix.summary import summarise
 from report.data import Loaded, build_table, load
 from report.pages import PAGES, Context, Page
 
@@ -129,13 +131,18 @@ def render(
     fallbacks: bool = True,
     full_raw: bool = False,
     log: Callable[[str], None] = print,
+    tables: dict[str, Path] | None = None,
 ) -> Path:
-    """Render the site for every result under `dirs` into `out` (replaced); returns the index page."""
+    """Render the site for every result under `dirs` into `out` (replaced); returns the index page.
+
+    `tables` maps a format ("csv", "parquet") to a file that receives one row per cell (quantmatrix.results).
+    """
     t0 = time.perf_counter()
     loaded = load(dirs)
     for name, reason in loaded.invalid:
         log(f"report: invalid result {name}: {reason}")
-    table = build_table(loaded)
+    rows = summarise(loaded.results, loaded.samples)
+    table = build_table(loaded, rows)
     if out.exists():
         shutil.rmtree(out)
     (out / "static").mkdir(parents=True)
@@ -148,7 +155,7 @@ def render(
         shutil.copyfile(path, out / rel)
         loaded.analysis_links[path] = rel
 
-    ctx = Context(loaded, table)
+    ctx = Context(loaded, table, rows=rows)
     built: list[tuple[Page, dict[str, Any], int]] = []
     if loaded.results:
         for p in PAGES:
@@ -175,6 +182,10 @@ def render(
             common | data | {"current": p.slug, "title": p.title, "charts": ctx.charts[first_chart:last_chart]}
         )
         (out / p.file).write_text(html, encoding="utf-8")
+    # After the site, which replaces `out`: a table may be asked for inside it (site/results.csv).
+    for fmt, path in (tables or {}).items():
+        write_table(frame(loaded.results, rows), path, fmt)
+        log(f"report: {len(rows)} cells -> {path}")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     log(
         f"report: {len(loaded.results)} results ({len(loaded.invalid)} invalid), {len(table)} cells, "

@@ -1,0 +1,270 @@
+"""Uncertainty of latencies and speed-ups: seeded block-bootstrap CIs and a rank test for a change.
+
+Samples of one timed loop are not independent (a slow phase of the host spans many calls), so every
+method here resamples *slices* (adjacent runs of samples), never single calls. Slices that carry an
+interleaving `round` present on both sides are paired: the bootstrap resamples rounds, so a slow phase
+that hit both cells alike cancels in the ratio. Results without slices are cut into adjacent chunks
+and treated as unpaired. docs/statistics.md explains the methods and how to gate CI on them.
+Core module: numpy and the standard library only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from quantmatrix.records import LatencySlice
+
+LEVEL = 0.95
+RESAMPLES = 2000
+SEED = 0
+# Results without slices are cut into at most this many adjacent chunks of at least MIN_CHUNK samples.
+CHUNKS = 20
+MIN_CHUNK = 5
+# Fewest slices per side (or paired rounds) behind a CI or a test; fewer give no interval at all.
+MIN_SLICES = 3
+# Values per side kept for the bootstrap: larger slices are thinned to evenly spaced order statistics,
+# which keeps each slice's distribution and share of the pool while bounding the work per resample.
+POOL_LIMIT = 2000
+ALPHA = 0.05
+
+
+@dataclass(frozen=True)
+class Slices:
+    """One latency's samples as slices; `rounds[i]` is slice i's interleaving round, or None (unpaired)."""
+
+    parts: tuple[np.ndarray, ...]
+    rounds: tuple[int, ...] | None
+
+    @property
+    def count(self) -> int:
+        return len(self.parts)
+
+    def pooled(self) -> np.ndarray:
+        return np.concatenate(self.parts) if self.parts else np.empty(0)
+
+    def method(self) -> str:
+        return "interleaved slices" if self.rounds is not None else "adjacent chunks"
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its bootstrap CI and what it stands on (e.g. "paired, 20 rounds")."""
+
+    value: float
+    low: float
+    high: float
+    slices: int
+    method: str
+    level: float = LEVEL
+
+    def covers(self, x: float) -> bool:
+        return self.low <= x <= self.high
+
+    def describe(self, spec: str = ".2f", suffix: str = "") -> str:
+        return (
+            f"{self.value:{spec}}{suffix} [{self.low:{spec}}, {self.high:{spec}}] ({self.level:.0%} CI, {self.method})"
+        )
+
+
+@dataclass(frozen=True)
+class ChangeTest:
+    """A two-sided test of "these two latencies differ"; `method` names the test and its inputs."""
+
+    p_value: float
+    significant: bool
+    method: str
+    alpha: float = ALPHA
+
+
+def slices_of(
+    samples: Sequence[float] | np.ndarray, slices: Sequence[LatencySlice] | None = None, *, source: str = "latency"
+) -> Slices:
+    """Cut samples into the recorded slices, or (none recorded) into up to CHUNKS adjacent chunks."""
+    values = np.asarray(samples, dtype=float)
+    if slices:
+        parts, rounds = [], []
+        for i, s in enumerate(slices):
+            if s.first + s.count > len(values):
+                raise ValueError(
+                    f"{source}: slices[{i}] covers samples {s.first}..{s.first + s.count - 1} "
+                    f"but there are only {len(values)} samples"
+                )
+            parts.append(values[s.first : s.first + s.count])
+            rounds.append(s.round)
+        return Slices(tuple(parts), tuple(rounds))
+    chunks = min(CHUNKS, len(values) // MIN_CHUNK)
+    if chunks < 1:
+        return Slices((), None)
+    return Slices(tuple(np.array_split(values, chunks)), None)
+
+
+def combine(parts: Sequence[Slices]) -> Slices:
+    """Slices of several rounds of one cell, pooled; pairing survives only if every part has rounds."""
+    rounds: tuple[int, ...] | None = ()
+    for p in parts:
+        rounds = rounds + p.rounds if rounds is not None and p.rounds is not None else None
+    return Slices(tuple(a for p in parts for a in p.parts), rounds)
+
+
+def _thinned(parts: Sequence[np.ndarray]) -> list[np.ndarray]:
+    total = sum(len(p) for p in parts)
+    step = math.ceil(total / POOL_LIMIT)
+    if step <= 1:
+        return list(parts)
+    return [
+        np.sort(p)[step // 2 :: step] if len(p) > step else np.sort(p)[len(p) // 2 : len(p) // 2 + 1] for p in parts
+    ]
+
+
+def _matrix(parts: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Slices as rows of one NaN-padded matrix and their lengths, so a resample is one fancy index."""
+    width = max(len(p) for p in parts)
+    out = np.full((len(parts), width), np.nan)
+    for i, p in enumerate(parts):
+        out[i, : len(p)] = p
+    return out, np.array([len(p) for p in parts])
+
+
+def _boot_medians(groups: tuple[np.ndarray, np.ndarray], picks: np.ndarray) -> np.ndarray:
+    """Median of the pooled samples of each resample; `picks` is (resamples, slices drawn)."""
+    values, lengths = groups
+    out = np.empty(len(picks))
+    for start in range(0, len(picks), 250):  # bounded memory per batch of resamples
+        rows = picks[start : start + 250]
+        # np.sort puts the NaN padding last, so the median sits at the middle of each row's real values
+        # (np.nanmedian would loop in Python over the rows).
+        pooled = np.sort(values[rows].reshape(len(rows), -1), axis=1)
+        n = lengths[rows].sum(axis=1)
+        lo = np.take_along_axis(pooled, ((n - 1) // 2)[:, None], axis=1)[:, 0]
+        hi = np.take_along_axis(pooled, (n // 2)[:, None], axis=1)[:, 0]
+        out[start : start + 250] = (lo + hi) / 2
+    return out
+
+
+def _percentiles(values: np.ndarray, level: float) -> tuple[float, float]:
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def median_ci(s: Slices, *, seed: int = SEED, resamples: int = RESAMPLES, level: float = LEVEL) -> Interval | None:
+    """The median of one latency with a block-bootstrap CI (slices resampled with replacement)."""
+    if s.count < MIN_SLICES:
+        return None
+    rng = np.random.default_rng(seed)
+    groups = _matrix(_thinned(s.parts))
+    boots = _boot_medians(groups, rng.integers(0, s.count, size=(resamples, s.count)))
+    low, high = _percentiles(boots, level)
+    return Interval(float(np.median(s.pooled())), low, high, s.count, f"{s.count} {s.method()}", level)
+
+
+def _by_round(s: Slices, keep: set[int]) -> dict[int, np.ndarray]:
+    out: dict[int, list[np.ndarray]] = {}
+    for part, r in zip(s.parts, s.rounds or (), strict=True):
+        if r in keep:
+            out.setdefault(r, []).append(part)
+    return {r: np.concatenate(v) for r, v in out.items()}
+
+
+def shared_rounds(a: Slices, b: Slices) -> list[int]:
+    """Rounds both latencies were measured in, side by side; empty unless both carry rounds."""
+    if a.rounds is None or b.rounds is None:
+        return []
+    return sorted(set(a.rounds) & set(b.rounds))
+
+
+def ratio_ci(
+    base: Slices, other: Slices, *, seed: int = SEED, resamples: int = RESAMPLES, level: float = LEVEL
+) -> Interval | None:
+    """median(base) / median(other) (a speed-up of `other` over `base`) with a block-bootstrap CI.
+
+    Paired when both sides share at least MIN_SLICES interleaving rounds: rounds are resampled and
+    both sides take the same ones. Otherwise each side's slices are resampled on their own.
+    """
+    rng = np.random.default_rng(seed)
+    rounds = shared_rounds(base, other)
+    if len(rounds) >= MIN_SLICES:
+        a, b = _by_round(base, set(rounds)), _by_round(other, set(rounds))
+        ga = _matrix(_thinned([a[r] for r in rounds]))
+        gb = _matrix(_thinned([b[r] for r in rounds]))
+        picks = rng.integers(0, len(rounds), size=(resamples, len(rounds)))
+        boots = _boot_medians(ga, picks) / _boot_medians(gb, picks)
+        value = float(np.median(np.concatenate(list(a.values()))) / np.median(np.concatenate(list(b.values()))))
+        method, n = f"paired, {len(rounds)} rounds", len(rounds)
+    else:
+        if min(base.count, other.count) < MIN_SLICES:
+            return None
+        ga, gb = _matrix(_thinned(base.parts)), _matrix(_thinned(other.parts))
+        boots = _boot_medians(ga, rng.integers(0, base.count, size=(resamples, base.count))) / _boot_medians(
+            gb, rng.integers(0, other.count, size=(resamples, other.count))
+        )
+        value = float(np.median(base.pooled()) / np.median(other.pooled()))
+        each = f"{base.count} slices each" if base.count == other.count else f"{base.count}+{other.count} slices"
+        method, n = f"unpaired, {each}", min(base.count, other.count)
+    low, high = _percentiles(boots, level)
+    return Interval(value, low, high, n, method, level)
+
+
+def _ranks(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Average ranks (1-based) of `values`, and the sizes of its groups of ties."""
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values))
+    uniq, first, counts = np.unique(values[order], return_index=True, return_counts=True)
+    del uniq
+    for start, c in zip(first, counts, strict=True):
+        ranks[order[start : start + c]] = start + (c + 1) / 2
+    return ranks, counts
+
+
+def _two_sided(z: float) -> float:
+    return math.erfc(abs(z) / math.sqrt(2))
+
+
+def mann_whitney(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided p of the Mann-Whitney U test, normal approximation with tie and continuity corrections."""
+    n1, n2 = len(a), len(b)
+    ranks, ties = _ranks(np.concatenate([a, b]))
+    u = ranks[:n1].sum() - n1 * (n1 + 1) / 2
+    n = n1 + n2
+    var = n1 * n2 / 12 * ((n + 1) - float((ties**3 - ties).sum()) / (n * (n - 1)))
+    if var <= 0:
+        return 1.0
+    return min(1.0, _two_sided(max(abs(u - n1 * n2 / 2) - 0.5, 0.0) / math.sqrt(var)))
+
+
+def wilcoxon_signed_rank(d: np.ndarray) -> float:
+    """Two-sided p of the Wilcoxon signed-rank test (zeros dropped), normal approximation, corrected."""
+    d = d[d != 0]
+    n = len(d)
+    if n == 0:
+        return 1.0
+    ranks, ties = _ranks(np.abs(d))
+    w = ranks[d > 0].sum()
+    var = n * (n + 1) * (2 * n + 1) / 24 - float((ties**3 - ties).sum()) / 48
+    if var <= 0:
+        return 1.0
+    return min(1.0, _two_sided(max(abs(w - n * (n + 1) / 4) - 0.5, 0.0) / math.sqrt(var)))
+
+
+def change_test(base: Slices, other: Slices, *, alpha: float = ALPHA) -> ChangeTest | None:
+    """Did the latency change? Compares slice medians, so one slow phase counts once, not per call.
+
+    Paired rounds: Wilcoxon signed-rank on each round's log(median other / median base). Otherwise
+    Mann-Whitney U on the two sets of slice medians. Two-sided; significant when p < alpha.
+    """
+    rounds = shared_rounds(base, other)
+    if len(rounds) >= MIN_SLICES:
+        a, b = _by_round(base, set(rounds)), _by_round(other, set(rounds))
+        d = np.array([math.log(float(np.median(b[r])) / float(np.median(a[r]))) for r in rounds])
+        p = wilcoxon_signed_rank(d)
+        method = f"Wilcoxon signed-rank on {len(rounds)} paired rounds"
+    else:
+        if min(base.count, other.count) < MIN_SLICES:
+            return None
+        p = mann_whitney(np.array([np.median(x) for x in base.parts]), np.array([np.median(x) for x in other.parts]))
+        method = f"Mann-Whitney U on {base.count}+{other.count} slice medians"
+    return ChangeTest(p, p < alpha, method, alpha)
