@@ -8,6 +8,9 @@ python -m quantmatrix noise [--seconds 30]  probe memory bandwidth and CPU speed
 python -m quantmatrix compare RESULTS --base RUN --other RUN
                                             cell by cell, run OTHER's p50 against run BASE's
                                             (e.g. containers against venvs, or two machines)
+python -m quantmatrix doctor [--json] [--require-gpu]
+                                            which GPU libraries load here and what is missing (exit 1
+                                            when something installed does not load)
 """
 
 from __future__ import annotations
@@ -108,8 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     cmp.add_argument("--base", required=True, help="run id to compare against")
     cmp.add_argument("--other", required=True, help="run id compared")
     cmp.add_argument("--tolerance", type=float, default=0.10, help="ratio counted as equal within this (0.10)")
+    d = sub.add_parser("doctor")
+    d.add_argument("--json", action="store_true", help="structured output")
+    d.add_argument("--require-gpu", action="store_true", help="exit 3 unless a GPU and the driver are usable")
     args = ap.parse_args(argv)
     try:
+        if args.command == "doctor":
+            from quantmatrix import doctor
+
+            return doctor.main(args.json, args.require_gpu)
         if args.command == "schemas":
             return schemas(args.check)
         if args.command == "check":
