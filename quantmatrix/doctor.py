@@ -85,7 +85,7 @@ def check_library(name: str, path: Path, tensorrt_installed: bool, version: str 
         if not missing:
             return Component(name, "failed", version, f"{path.name}: {error}")
     status, detail = classify_missing(missing, tensorrt_installed)
-    return Component(name, status, version, f"{path.name}: {detail}", missing)
+    return Component(name, status, version, f"{path.name}: {detail}", sorted(set(missing)))
 
 
 def _installed(module: str) -> bool:
