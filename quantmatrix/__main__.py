@@ -8,7 +8,7 @@ python -m quantmatrix noise [--seconds 30]  probe memory bandwidth and CPU speed
 python -m quantmatrix compare RESULTS --base RUN --other RUN
                                             cell by cell, run OTHER's p50 against run BASE's
                                             (e.g. containers against venvs, or two machines)
-python -m quantmatrix doctor [--json] [--require-gpu]
+python -m quantmatrix doctor [--json] [--require-gpu] [--expect-installed A,B]
                                             which GPU libraries load here and what is missing (exit 1
                                             when something installed does not load)
 """
@@ -114,12 +114,16 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("doctor")
     d.add_argument("--json", action="store_true", help="structured output")
     d.add_argument("--require-gpu", action="store_true", help="exit 3 unless a GPU and the driver are usable")
+    d.add_argument(
+        "--expect-installed", default="", metavar="A,B", help="components that must be installed (e.g. in the image)"
+    )
     args = ap.parse_args(argv)
     try:
         if args.command == "doctor":
             from quantmatrix import doctor
 
-            return doctor.main(args.json, args.require_gpu)
+            expected = [n for n in args.expect_installed.split(",") if n]
+            return doctor.main(args.json, args.require_gpu, expected)
         if args.command == "schemas":
             return schemas(args.check)
         if args.command == "check":

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from quantmatrix.errors import QuantmatrixError
+
 Status = Literal["ok", "no-driver", "not-installed", "failed"]
 
 # Libraries only the NVIDIA driver provides (the container runtime mounts them on GPU hosts).
@@ -256,7 +258,17 @@ def diagnose() -> list[Component]:
     ]
 
 
-def report(components: list[Component]) -> dict[str, Any]:
+def report(components: list[Component], expect_installed: Iterable[str] = ()) -> dict[str, Any]:
+    """The doctor's JSON. A component named in `expect_installed` that is absent counts as failed:
+    an image that should carry it was built without it."""
+    by_name = {c.name: c for c in components}
+    unknown = sorted(set(expect_installed) - set(by_name))
+    if unknown:
+        raise QuantmatrixError(f"--expect-installed: unknown components {unknown} (known: {sorted(by_name)})")
+    for name in expect_installed:
+        c = by_name[name]
+        if c.status == "not-installed":
+            c.status, c.detail = "failed", f"expected installed: {c.detail}"
     failed = [c.name for c in components if c.status == "failed"]
     return {
         "doctor_version": DOCTOR_VERSION,
@@ -273,9 +285,9 @@ def render(components: list[Component]) -> str:
     return "\n".join(lines)
 
 
-def main(as_json: bool, require_gpu: bool) -> int:
+def main(as_json: bool, require_gpu: bool, expect_installed: Iterable[str] = ()) -> int:
     components = diagnose()
-    out = report(components)
+    out = report(components, expect_installed)
     print(json.dumps(out, indent=2) if as_json else render(components))
     if not out["ok"]:
         return 1

@@ -260,7 +260,7 @@ class _Cuda:
     def __init__(self, calls: _Calls) -> None:
         self.calls, self.events = calls, 0
 
-    def Stream(self) -> Any:  # noqa: N802 - pycuda's name
+    def Stream(self) -> Any:  # pycuda's name
         calls = self.calls
 
         class S:
@@ -271,7 +271,7 @@ class _Cuda:
 
         return S()
 
-    def Event(self) -> _Event:  # noqa: N802
+    def Event(self) -> _Event:
         self.events += 1
         return _Event(self.calls, self.events - 1)
 
@@ -420,3 +420,41 @@ def test_torch_cuda_events_and_counters_on_a_real_gpu() -> None:
     assert fields["allocator_peak_bytes"] and fields["allocator_peak_bytes"] > 0
     assert fields["device_used_bytes"] and fields["device_used_bytes"] > 0, fields["memory_reason"]
     assert fields["energy_j"] is not None or fields["energy_reason"], fields
+
+
+# -- the CUDA image, built on the Debian base here (docker marker; CI's CUDA stage builds it first) ----
+
+CUDA_IMAGE_ARGS = {"BASE_IMAGE": "debian:bookworm-slim", "TENSORRT_REQUIREMENT": ""}
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_cuda_image_loads_every_installed_gpu_library_without_a_gpu() -> None:
+    from bench.docker import docker_binary, ensure_image
+
+    try:
+        docker = docker_binary()
+    except QuantmatrixError as e:
+        pytest.skip(str(e))
+    if subprocess.run([docker, "info"], capture_output=True).returncode != 0:
+        pytest.skip("no Docker engine reachable (containers/provision.sh starts one on Debian)")
+    tag = ensure_image("cuda", build_args=CUDA_IMAGE_ARGS)
+    proc = subprocess.run(
+        [docker, "run", "--rm", "--network", "none", tag, "-m", "quantmatrix", "doctor", "--json",
+         "--expect-installed", "torch,pycuda,onnxruntime-cuda,bitsandbytes"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    report = json.loads(proc.stdout)
+    status = {c["name"]: c for c in report["components"]}
+    assert proc.returncode == 0 and report["failed"] == [], report
+    # No GPU here: the driver's libraries are the only thing missing from what is installed.
+    for name in ("nvidia-driver", "nvml", "torch", "pycuda"):
+        assert status[name]["status"] == "no-driver", status[name]
+    assert status["pycuda"]["missing"] == ["libcuda.so.1"]  # linked against the stub's soname
+    assert status["tensorrt"]["status"] == "not-installed"
+    assert status["onnxruntime-cuda"]["status"] in ("ok", "no-driver"), status["onnxruntime-cuda"]
+    trt_ep = status["onnxruntime-tensorrt"]
+    assert trt_ep["status"] == "not-installed" and all(m.startswith(("libnvinfer", "libnvonnxparser", "libcuda"))
+                                                        for m in trt_ep["missing"]), trt_ep  # fmt: skip
+    assert status["bitsandbytes"]["status"] in ("ok", "no-driver"), status["bitsandbytes"]
+    assert "CUDA 13" in status["torch"]["detail"]
