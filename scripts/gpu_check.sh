@@ -53,7 +53,7 @@ if [ -d "$CARRY/wheels" ]; then
   step wheels 40 bash -c "'$PY' -m pip install --no-index --no-deps --target '$SITE' '$CARRY'/wheels/*.whl \
     || for w in '$CARRY'/wheels/*.whl; do '$PY' -m zipfile -e \"\$w\" '$SITE' || exit 1; done" || status=1
 fi
-step doctor 60 "$PY" -m quantmatrix doctor --json --require-gpu
+step doctor 45 "$PY" -m quantmatrix doctor --json --require-gpu
 rc=$?; [ "$DRY" = 1 ] || cp "$LOGS/doctor.log" "$WORK/doctor.json"
 [ "$rc" = 1 ] && status=1  # 1: something installed does not load (3: no GPU, reported in the JSON)
 step probe 30 "$PY" -c "
@@ -75,7 +75,7 @@ if [ -f "$CARRY/reference.tar.gz" ]; then
 fi
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr -c 'A-Za-z0-9\n' '-' | tr -s '-' | sed 's/-$//')
 RUN=gpu-min-${GPU:-unknown}
-step gpu-min 250 "$PY" -m bench --device cuda --profile gpu-min --runtime local --timeout 200 \
+step gpu-min 230 "$PY" -m bench --device cuda --profile gpu-min --runtime local --timeout 200 \
   --artifacts "$ARTIFACTS" --results "$RESULTS" --run-id "$RUN" || status=1
 if "$PY" -c "import pytest" 2>/dev/null || [ "$DRY" = 1 ]; then
   step pytest-gpu 60 "$PY" -m pytest -m gpu tests/test_gpu_path.py -q -p no:cacheprovider || status=1

@@ -458,3 +458,71 @@ def test_cuda_image_loads_every_installed_gpu_library_without_a_gpu() -> None:
                                                         for m in trt_ep["missing"]), trt_ep  # fmt: skip
     assert status["bitsandbytes"]["status"] in ("ok", "no-driver"), status["bitsandbytes"]
     assert "CUDA 13" in status["torch"]["detail"]
+
+
+# -- the bare-host scripts: packing under the limit, and the check's plan --------------------------
+
+
+def _reference_key(model: str = "tiny-bert") -> str:
+    from quantmatrix.plan import build_jobs
+    from quantmatrix.spec import load_matrix
+
+    return build_jobs(load_matrix(ROOT / "matrix.toml"), model, ())[0].key
+
+
+def _pack(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**__import__("os").environ, "PYTHON": sys.executable}
+    return subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_pack.sh"), *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_gpu_pack_dry_run_plans_wheels_for_the_hosts_python(tmp_path: Path) -> None:
+    out = tmp_path / "carry"
+    proc = _pack("--dry-run", "--out", str(out), "--artifacts", str(tmp_path / "a"))
+    assert proc.returncode == 0, proc.stderr
+    assert "wheels for CPython 3.12" in proc.stdout and "(limit 60 MiB)" in proc.stdout
+    download = next(ln for ln in proc.stdout.splitlines() if " pip download " in ln)
+    assert "--python-version 3.12 --implementation cp" in download and "--only-binary=:all:" in download
+    assert "pydantic==2.14.3" in download and "pytest==9.2.0" in download
+    assert f"-m builders reference --model tiny-bert --artifacts {tmp_path / 'a'}" in proc.stdout
+    assert not out.exists() and not (tmp_path / "a").exists()  # a plan changes nothing
+
+
+def test_gpu_pack_enforces_the_carry_limit(tmp_path: Path) -> None:
+    key = _reference_key()
+    ref = tmp_path / "artifacts" / key
+    ref.mkdir(parents=True)
+    (ref / "manifest.json").write_text("{}")
+    (ref / "model.safetensors").write_bytes(np.random.default_rng(0).bytes(3 << 20))  # incompressible 3 MiB
+    common = ["--no-wheels", "--artifacts", str(tmp_path / "artifacts")]
+    over = _pack(*common, "--out", str(tmp_path / "small"), "--limit-mib", "2")
+    assert over.returncode == 1 and "over the 2 MiB carry limit" in over.stderr, over.stderr
+    ok = _pack(*common, "--out", str(tmp_path / "carry"), "--limit-mib", "60")
+    assert ok.returncode == 0, ok.stderr
+    carry = tmp_path / "carry"
+    assert (carry / "REFERENCE_KEY").read_text().strip() == key
+    sums = (carry / "SHA256SUMS").read_text()
+    assert "./reference.tar.gz" in sums and "./REFERENCE_KEY" in sums
+    listing = subprocess.run(["tar", "-tzf", str(carry / "reference.tar.gz")], capture_output=True, text=True).stdout
+    assert f"{key}/manifest.json" in listing and f"{key}/model.safetensors" in listing
+    assert sum(p.stat().st_size for p in carry.rglob("*") if p.is_file()) < 60 << 20
+
+
+def test_gpu_check_plan_fits_in_eight_minutes(tmp_path: Path) -> None:
+    carry = tmp_path / "carry"
+    (carry / "wheels").mkdir(parents=True)
+    (carry / "reference.tar.gz").write_bytes(b"")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(out), "--dry-run", "--carry", str(carry)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    steps = [ln.split()[1] for ln in proc.stdout.splitlines() if ln.startswith("== ") and "(limit" in ln]
+    assert steps == ["machine", "wheels", "doctor", "probe", "unpack", "gpu-min", "pytest-gpu"]
+    limits = [int(ln.split("(limit ")[1].split("s)")[0]) for ln in proc.stdout.splitlines() if "(limit" in ln]
+    assert sum(limits) + 20 <= 480  # packing the tarball gets the last 20 s
+    assert "--profile gpu-min" in proc.stdout and "doctor --json --require-gpu" in proc.stdout
+    assert "-m gpu tests/test_gpu_path.py" in proc.stdout
+    assert list(out.glob("*.tar.gz")) == []  # a plan leaves no results
