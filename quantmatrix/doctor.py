@@ -10,16 +10,14 @@ is missing); `not-installed`; `failed` (something installed does not load: the e
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import importlib
 import importlib.util
-import io
 import json
 import re
 import shutil
 import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -184,25 +182,12 @@ def tensorrt() -> Component:
     return Component("tensorrt", "ok", trt.__version__, "libnvinfer loads")
 
 
-def preload_onnxruntime(ort: Any) -> str:
-    """onnxruntime.preload_dlls(): CUDA/cuDNN from the nvidia-* wheels, which are not on the loader path
-    outside the image. Returns what it printed (it reports failures on stdout)."""
-    preload: Callable[..., Any] | None = getattr(ort, "preload_dlls", None)
-    if preload is None:
-        return "onnxruntime.preload_dlls is missing (onnxruntime < 1.21)"
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        try:
-            preload()
-        except Exception as e:
-            print(f"preload_dlls: {e}")
-    return " ".join(out.getvalue().split())
-
-
 def onnxruntime_providers(tensorrt_installed: bool) -> list[Component]:
     root = _package_dir("onnxruntime")
     if root is None:
         return [Component(f"onnxruntime-{p}", "not-installed", None, "onnxruntime not installed") for p in EPS]
+    from quantmatrix.gpu import preload_onnxruntime
+
     ort = importlib.import_module("onnxruntime")
     printed = preload_onnxruntime(ort)
     available = ort.get_available_providers()

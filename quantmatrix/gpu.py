@@ -8,9 +8,11 @@ CUDA cells record as their `skipped` reason.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import importlib.util
+import io
 import os
 import time
 from collections.abc import Callable
@@ -117,6 +119,21 @@ def tensorrt_version() -> str | None:
         except metadata.PackageNotFoundError:
             continue
     return None
+
+
+def preload_onnxruntime(ort: Any) -> str:
+    """onnxruntime.preload_dlls(): CUDA/cuDNN from the nvidia-* wheels, which are not on the loader path
+    outside the image. Returns what it printed (it reports failures on stdout)."""
+    preload: Callable[..., Any] | None = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return "onnxruntime.preload_dlls is missing (onnxruntime < 1.21)"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            preload()
+        except Exception as e:
+            print(f"preload_dlls: {e}")
+    return " ".join(out.getvalue().split())
 
 
 # -- GPU memory and energy over a timed loop (NVML through ctypes: no nvidia-ml-py needed) ----------

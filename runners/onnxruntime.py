@@ -163,7 +163,7 @@ def load(request: LoadRequest) -> OrtSession:
             raise Skip(f"provider {p.provider!r} needs the runner's device to be cuda")
         if (reason := probe_cuda().reason) is not None:
             raise Skip(f"needs CUDA: {reason}")
-        from quantmatrix.doctor import preload_onnxruntime
+        from quantmatrix.gpu import preload_onnxruntime
 
         preload_onnxruntime(ort)  # cuDNN/cuBLAS from the nvidia-* wheels, off the loader path outside the image
     names = [t.name for t in request.manifest.io_inputs]
