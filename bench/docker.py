@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,9 +91,11 @@ def dockerfile(device: str) -> Path:
     return ROOT / "containers" / f"{device}.Dockerfile"
 
 
-def image_tag(device: str) -> str:
-    """`quantmatrix-<device>:<12 hex>` over the Dockerfile, the lock and every code file baked in."""
+def image_tag(device: str, build_args: Mapping[str, str] | None = None) -> str:
+    """`quantmatrix-<device>:<12 hex>` over the Dockerfile, the lock, extra build args and every code file baked in."""
     h = hashlib.sha256()
+    for k, v in sorted((build_args or {}).items()):
+        h.update(f"--build-arg {k}={v}\n".encode())
     files = [dockerfile(device), lock_file(device)]
     for d in CODE_DIRS:
         files += sorted(p for p in (ROOT / d).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
@@ -117,7 +119,13 @@ def image_exists(docker: str, tag: str) -> bool:
 
 
 def build_command(
-    docker: str, device: str, tag: str, *, torch_index_url: str | None, ca_bundle: Path | None
+    docker: str,
+    device: str,
+    tag: str,
+    *,
+    torch_index_url: str | None,
+    ca_bundle: Path | None,
+    build_args: Mapping[str, str] | None = None,
 ) -> list[str]:
     cmd = [docker, "build", "-f", str(dockerfile(device)), "-t", tag, "--progress=plain"]
     cmd += ["--build-arg", f"GIT_COMMIT={git_commit()}", "--build-arg", f"LOCK_SHA256={sha256(lock_file(device))}"]
@@ -125,6 +133,8 @@ def build_command(
         cmd += ["--build-arg", f"TORCH_INDEX_URL={torch_index_url}"]
     if base := os.environ.get("QUANTMATRIX_BASE_IMAGE"):
         cmd += ["--build-arg", f"BASE_IMAGE={base}"]
+    for k, v in sorted((build_args or {}).items()):
+        cmd += ["--build-arg", f"{k}={v}"]
     if ca_bundle is not None and ca_bundle.is_file():
         cmd += ["--secret", f"id=ca,src={ca_bundle}"]
     return [*cmd, str(ROOT)]
@@ -136,6 +146,7 @@ def ensure_image(
     torch_index_url: str | None = None,
     wheelhouse: Path | None = None,
     ca_bundle: Path | None = CA_BUNDLE,
+    build_args: Mapping[str, str] | None = None,
     log: Callable[[str], None] = print,
     status: Callable[[str], None] | None = None,
     log_path: Path | None = None,
@@ -147,7 +158,7 @@ def ensure_image(
     """
     docker = docker_binary()
     check_engine(docker)
-    tag = image_tag(device)
+    tag = image_tag(device, build_args)
     if image_exists(docker, tag):
         log(f"[cached] image {tag}")
         return tag
@@ -159,7 +170,9 @@ def ensure_image(
             if not (house / wheel.name).exists():
                 shutil.copy2(wheel, house / wheel.name)
                 log(f"wheelhouse: {wheel.name}")
-    cmd = build_command(docker, device, tag, torch_index_url=torch_index_url, ca_bundle=ca_bundle)
+    cmd = build_command(
+        docker, device, tag, torch_index_url=torch_index_url, ca_bundle=ca_bundle, build_args=build_args
+    )
     log_path = log_path or ROOT / "build" / "logs" / f"image-{device}.log"
     log(f"[build ] image {tag} (log: {log_path}): {' '.join(cmd)}")
     steps = BuildSteps()
@@ -341,13 +354,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("devices", nargs="*", default=["cpu"])
     ap.add_argument("--wheelhouse", type=Path, default=None, help="directory with torch-*+cpu wheels")
     ap.add_argument("--torch-index-url", default=None, help="PyTorch wheel index ('' for none)")
+    ap.add_argument(
+        "--build-arg", action="append", default=[], metavar="KEY=VALUE",
+        help="passed to docker build and hashed into the tag, e.g. TENSORRT_REQUIREMENT= (cuda image without TensorRT)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     console = Console()
     try:
+        extra = dict(a.split("=", 1) if "=" in a else (a, "") for a in args.build_arg)
         for device in parse_devices(args.devices):
             tag = ensure_image(
                 device, torch_index_url=args.torch_index_url, wheelhouse=args.wheelhouse,
-                log=console.line, status=console.status,
+                log=console.line, status=console.status, build_args=extra,
             )  # fmt: skip
             print(f"{device}: {tag}")
     except QuantmatrixError as e:

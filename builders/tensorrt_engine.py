@@ -2,11 +2,13 @@
 
 Steps: parse (OnnxParser into an explicit-batch network) -> profiles (one optimisation profile
 per batch size, min/opt/max sequence lengths from the params) -> build (BuilderConfig: workspace,
-FP16 flag for fp16; for int8 the Q/DQ nodes decide what is INT8, the rest FP16 with TensorRT 10's
-flags or FP32 strongly typed) -> serialise the engine (TensorRT's plan
-format, never a pickle) with its build log and the TensorRT version, GPU name and compute
-capability it is tied to. INT8 comes from a QDQ model (explicit quantisation), never from the
-deprecated implicit calibrator; TensorRT needs it symmetric, which `qdq_problems` checks first.
+FP16 flag for fp16; int8 is explicit quantisation, built strongly typed with no precision flags, as
+TensorRT 10 asks: the Q/DQ nodes decide what is INT8, the rest stays FP32) -> serialise the engine
+(TensorRT's plan format, never a pickle) with its build log (INFO and above) and the TensorRT
+version, GPU name and compute capability it is tied to -> inspect: the engine inspector's per-layer
+JSON (detailed profiling verbosity) is kept as layers.json and the layers running INT8 are
+counted; a trt-int8 engine with none fails. INT8 never comes from the deprecated implicit
+calibrator; TensorRT needs the QDQ model symmetric, which `qdq_problems` checks first.
 
 Without TensorRT or a GPU the artefact is recorded as `skipped` with the reason, and every run of
 it is `skipped` with the same reason.
@@ -14,14 +16,18 @@ it is `skipped` with the same reason.
 
 from __future__ import annotations
 
+import json
+import re
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from builders import BuildContext, builder, link_tree
 from quantmatrix.errors import QuantmatrixError
-from quantmatrix.records import EngineTarget, Manifest, TensorSpec
+from quantmatrix.records import EngineTarget, Manifest, TensorSpec, atomic_write_text
 
 # predict_all scores the test split in batches of 32, so every engine must admit that batch.
 SCORING_BATCH = 32
@@ -38,10 +44,6 @@ class TensorrtEngineParams:
     workspace_mib: int = 4096
     optimization_level: int = 3  # TensorRT builder optimisation level 0..5
     tf32: bool = False  # fp32 engines: TF32 off unless asked, so "fp32" means FP32 arithmetic
-    # int8: let the layers the QDQ model leaves unquantised run in FP16 (TensorRT 10's weakly typed
-    # INT8+FP16 build, trtexec --int8 --fp16); false, or a TensorRT without precision flags: strongly
-    # typed, those layers stay in the model's FP32.
-    int8_fp16_fallback: bool = True
 
 
 @dataclass(frozen=True)
@@ -108,29 +110,86 @@ def _why_not() -> str | None:
     return missing_module("tensorrt", "TensorRT") or probe_cuda().reason
 
 
-class _Log:
-    """TensorRT's log, kept as the artefact's build.log (and errors echoed to the job's output)."""
+SEVERITIES = ("INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE")  # trt.ILogger.Severity 0..4
 
-    def __init__(self, trt: Any, path: Path, echo: Any) -> None:
-        outer = self
+
+class BuildLog:
+    """TensorRT's log kept in memory (INFO and above by default), written once the build is over.
+
+    TensorRT calls the logger from C++ until the builder, runtime and engine are freed, so nothing
+    here can be closed early, and `add` never raises (an exception there can abort the process).
+    VERBOSE lines are counted, not kept: they would inflate the artefact and its reported size.
+    """
+
+    def __init__(self, keep: str = "INFO", echo: Callable[[str], None] | None = None) -> None:
+        self.limit = SEVERITIES.index(keep)
+        self.echo = echo
         self.lines: list[str] = []
-        self._file = path.open("w", encoding="utf-8")
+        self.dropped = 0
 
-        class Logger(trt.ILogger):  # type: ignore[misc,name-defined]
-            def __init__(self) -> None:
-                trt.ILogger.__init__(self)
+    def add(self, severity: int, msg: str) -> None:
+        try:
+            if severity > self.limit:
+                self.dropped += 1
+                return
+            name = SEVERITIES[severity] if 0 <= severity < len(SEVERITIES) else str(severity)
+            self.lines.append(f"[{name}] {msg}")
+            if severity <= 1 and self.echo is not None:
+                self.echo(f"tensorrt: {msg}")
+        except Exception:
+            pass
 
-            def log(self, severity: Any, msg: str) -> None:
-                line = f"[{severity.name if hasattr(severity, 'name') else severity}] {msg}"
-                outer.lines.append(line)
-                outer._file.write(line + "\n")
-                if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
-                    echo(f"tensorrt: {msg}")
+    def errors(self) -> list[str]:
+        return [ln for ln in self.lines if ln.startswith(("[ERROR]", "[INTERNAL_ERROR]"))]
 
-        self.logger = Logger()
+    def text(self) -> str:
+        tail = f"({self.dropped} lines below {SEVERITIES[self.limit]} not kept)\n" if self.dropped else ""
+        return "".join(ln + "\n" for ln in self.lines) + tail
 
-    def close(self) -> None:
-        self._file.close()
+
+def trt_logger(trt: Any, log: BuildLog) -> Any:
+    """A trt.ILogger forwarding to `log`; keep it referenced as long as any TensorRT object lives."""
+
+    class Logger(trt.ILogger):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+
+        def log(self, severity: Any, msg: str) -> None:
+            log.add(int(severity), msg)
+
+    return Logger()
+
+
+_NOT_COMPUTE = re.compile(r"reformat|quantize|dequantize|shuffle|copy", re.IGNORECASE)
+
+
+def layer_precisions(info: str) -> tuple[dict[str, int], int]:
+    """(layers per input datatype, layers computing in INT8) from the engine inspector's JSON.
+
+    A layer computes in INT8 when it is not a data-movement layer (reformat, Q/DQ, shuffle) and an
+    input is INT8 or its tactic is an INT8 kernel (i8i8, imma). Needs detailed profiling verbosity:
+    with less, the inspector lists bare layer names and this raises.
+    """
+    try:
+        layers = json.loads(info)["Layers"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise QuantmatrixError(f"the engine inspector's output is not layer JSON ({e})") from None
+    if layers and not isinstance(layers[0], dict):
+        raise QuantmatrixError("the engine inspector lists layer names only: build with ProfilingVerbosity.DETAILED")
+    by_type: Counter[str] = Counter()
+    int8 = 0
+    for layer in layers:
+        formats = [str(t.get("Format/Datatype", "")) for t in layer.get("Inputs", [])]
+        dtype = next((d for d in ("int8", "fp8", "half", "fp16", "bf16", "float", "fp32", "int32", "int64")
+                      if formats and d in formats[0].lower()), "other")  # fmt: skip
+        by_type[{"half": "fp16", "float": "fp32"}.get(dtype, dtype)] += 1
+        tactic = str(layer.get("TacticName", "")).lower()
+        int8_input = any("int8" in f.lower() for f in formats)
+        if not _NOT_COMPUTE.search(str(layer.get("LayerType", ""))) and (
+            int8_input or "i8i8" in tactic or "imma" in tactic
+        ):
+            int8 += 1
+    return dict(sorted(by_type.items())), int8
 
 
 @builder("tensorrt-engine", params=TensorrtEngineParams, output_format="tensorrt", device="cuda")
@@ -147,7 +206,6 @@ def build(ctx: BuildContext, params: TensorrtEngineParams) -> Manifest:
         )
     if reason := _why_not():
         return _skipped(ctx, params, reason)
-    import numpy as np
     import tensorrt as trt
 
     from quantmatrix.gpu import probe_cuda
@@ -156,69 +214,19 @@ def build(ctx: BuildContext, params: TensorrtEngineParams) -> Manifest:
     assert device is not None
     max_seq = params.max_seq or ctx.model.max_length
     opt_seq = params.opt_seq or max_seq
-    log = _Log(trt, ctx.out / "build.log", ctx.log)
-    steps: list[str] = []
+    log = BuildLog("INFO", ctx.log)
+    logger = trt_logger(trt, log)  # outlives every TensorRT object: they are all freed inside _build_engine
     try:
-        trt_builder = trt.Builder(log.logger)
-        # Explicit batch is the only mode in TensorRT 10. INT8 is explicit quantisation either way:
-        # the Q/DQ nodes decide what runs in INT8 and no calibrator is ever set.
-        has_flags = hasattr(trt.BuilderFlag, "FP16") and hasattr(trt.BuilderFlag, "INT8")
-        weak_int8 = params.precision == "int8" and params.int8_fp16_fallback and has_flags
-        strongly_typed = (params.precision == "int8" and not weak_int8) or src.manifest.precision == "fp16"
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
-        network = trt_builder.create_network(flags)
-        parser = trt.OnnxParser(network, log.logger)
-        if not parser.parse_from_file(str(src.file())):
-            errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-            raise QuantmatrixError(f"TensorRT's ONNX parser rejected {src.file().name}: {'; '.join(errors[:3])}")
-        names = [network.get_input(i).name for i in range(network.num_inputs)]
-        steps.append(
-            f"parse: OnnxParser, {network.num_layers} layers, inputs {names}"
-            f"{', strongly typed' if strongly_typed else ''}{', INT8 (QDQ) + FP16 flags' if weak_int8 else ''}"
-        )
-        config = trt_builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, params.workspace_mib << 20)
-        config.builder_optimization_level = params.optimization_level
-        if params.precision == "fp16" and not strongly_typed:
-            if not hasattr(trt.BuilderFlag, "FP16"):
-                raise QuantmatrixError(
-                    f"TensorRT {trt.__version__} has no FP16 builder flag: build trt-fp16 from an FP16 ONNX model"
-                )
-            config.set_flag(trt.BuilderFlag.FP16)
-        if weak_int8:
-            config.set_flag(trt.BuilderFlag.INT8)
-            config.set_flag(trt.BuilderFlag.FP16)
-        if params.precision == "fp32" and not params.tf32 and hasattr(trt.BuilderFlag, "TF32"):
-            config.clear_flag(trt.BuilderFlag.TF32)
-        profiles = profile_shapes(names, params.batch_sizes, params.min_seq, opt_seq, max_seq)
-        for prof in profiles:
-            p = trt_builder.create_optimization_profile()
-            for name, (lo, opt, hi) in prof.shapes.items():
-                p.set_shape(name, lo, opt, hi)
-            config.add_optimization_profile(p)
-        steps.append(
-            f"profiles: batch {[p.batch for p in profiles]}, seq min {params.min_seq} opt {opt_seq} max {max_seq}"
-        )
-        t0 = time.perf_counter()
-        plan = trt_builder.build_serialized_network(network, config)
-        if plan is None:
-            errors = [ln for ln in log.lines if ln.startswith(("[ERROR]", "[INTERNAL_ERROR]"))]
-            raise QuantmatrixError(f"TensorRT could not build the engine: {errors[-1] if errors else 'see build.log'}")
-        engine_path = ctx.out / "model.engine"
-        engine_path.write_bytes(bytes(plan))
-        steps.append(f"build: {params.precision} engine in {time.perf_counter() - t0:.1f}s on {device.name}")
-        engine = trt.Runtime(log.logger).deserialize_cuda_engine(engine_path.read_bytes())
-        io_in, io_out = [], []
-        for i in range(engine.num_io_tensors):
-            name = engine.get_tensor_name(i)
-            spec = TensorSpec(
-                name=name,
-                dtype=np.dtype(trt.nptype(engine.get_tensor_dtype(name))).name,
-                shape=[d if d >= 0 else "dynamic" for d in engine.get_tensor_shape(name)],
-            )
-            (io_in if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else io_out).append(spec)
+        built = _build_engine(trt, logger, log, src, params, ctx.out, opt_seq, max_seq, device.name)
     finally:
-        log.close()
+        atomic_write_text(ctx.out / "build.log", log.text())
+    del logger
+    if params.precision == "int8" and built.int8_layers == 0:
+        raise QuantmatrixError(
+            f"the trt-int8 engine has no layer running INT8 (layers by input type: {built.layer_types}); "
+            "TensorRT ignored the Q/DQ nodes: see layers.json and build.log in the artefact"
+        )
+    profiles = built.profiles
     link_tree(src.path / (src.manifest.tokenizer or "tokenizer"), ctx.out / "tokenizer")
     return ctx.manifest(
         format="tensorrt",
@@ -226,10 +234,11 @@ def build(ctx: BuildContext, params: TensorrtEngineParams) -> Manifest:
         params=params,
         entry="model.engine",
         tokenizer="tokenizer",
-        io_inputs=io_in,
-        io_outputs=io_out,
+        io_inputs=built.io_in,
+        io_outputs=built.io_out,
         device="cuda",
-        steps=steps,
+        steps=built.steps,
+        metrics={"int8_layers": float(built.int8_layers), "layers": float(sum(built.layer_types.values()))},
         notes=["engines run only with the TensorRT version and GPU model they were built with"],
         engine=EngineTarget(
             tensorrt_version=trt.__version__, gpu_name=device.name, compute_capability=device.compute_capability
@@ -238,8 +247,96 @@ def build(ctx: BuildContext, params: TensorrtEngineParams) -> Manifest:
             "driver_version": device.driver_version,
             "build_log": "build.log",
             "profiles": [{"batch": p.batch, "shapes": p.shapes} for p in profiles],
-            "strongly_typed": strongly_typed,
-            "int8_fp16_fallback": weak_int8,
+            "strongly_typed": built.strongly_typed,
             "source_precision": src.manifest.precision,
+            "engine_layers": "layers.json",
+            "layer_input_types": built.layer_types,
+            "int8_layers": built.int8_layers,
         },
     )
+
+
+@dataclass
+class _Built:
+    steps: list[str]
+    io_in: list[TensorSpec]
+    io_out: list[TensorSpec]
+    profiles: list[Profile]
+    strongly_typed: bool
+    layer_types: dict[str, int]
+    int8_layers: int
+
+
+def _build_engine(
+    trt: Any,
+    logger: Any,
+    log: BuildLog,
+    src: Any,
+    params: TensorrtEngineParams,
+    out: Path,
+    opt_seq: int,
+    max_seq: int,
+    gpu_name: str,
+) -> _Built:
+    """Parse, build, serialise and inspect; every TensorRT object is local, so all are freed on return."""
+    import numpy as np
+
+    steps: list[str] = []
+    trt_builder = trt.Builder(logger)
+    # Explicit batch is the only mode in TensorRT 10. INT8 is explicit quantisation, strongly typed
+    # with no precision flags (TensorRT 10's guidance): the Q/DQ nodes decide what runs in INT8.
+    strongly_typed = params.precision == "int8" or src.manifest.precision == "fp16"
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+    network = trt_builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(src.file())):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise QuantmatrixError(f"TensorRT's ONNX parser rejected {src.file().name}: {'; '.join(errors[:3])}")
+    names = [network.get_input(i).name for i in range(network.num_inputs)]
+    steps.append(
+        f"parse: OnnxParser, {network.num_layers} layers, inputs {names}{', strongly typed' if strongly_typed else ''}"
+    )
+    config = trt_builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, params.workspace_mib << 20)
+    config.builder_optimization_level = params.optimization_level
+    # The inspector's per-layer precisions (layers.json) need detailed verbosity.
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    if params.precision == "fp16" and not strongly_typed:
+        if not hasattr(trt.BuilderFlag, "FP16"):
+            raise QuantmatrixError(
+                f"TensorRT {trt.__version__} has no FP16 builder flag: build trt-fp16 from an FP16 ONNX model"
+            )
+        config.set_flag(trt.BuilderFlag.FP16)
+    if params.precision == "fp32" and not params.tf32 and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)
+    profiles = profile_shapes(names, params.batch_sizes, params.min_seq, opt_seq, max_seq)
+    for prof in profiles:
+        p = trt_builder.create_optimization_profile()
+        for name, (lo, opt, hi) in prof.shapes.items():
+            p.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(p)
+    steps.append(f"profiles: batch {[p.batch for p in profiles]}, seq min {params.min_seq} opt {opt_seq} max {max_seq}")
+    t0 = time.perf_counter()
+    plan = trt_builder.build_serialized_network(network, config)
+    if plan is None:
+        errors = log.errors()
+        raise QuantmatrixError(f"TensorRT could not build the engine: {errors[-1] if errors else 'see build.log'}")
+    engine_path = out / "model.engine"
+    engine_path.write_bytes(bytes(plan))
+    steps.append(f"build: {params.precision} engine in {time.perf_counter() - t0:.1f}s on {gpu_name}")
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
+    io_in, io_out = [], []
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        spec = TensorSpec(
+            name=name,
+            dtype=np.dtype(trt.nptype(engine.get_tensor_dtype(name))).name,
+            shape=[d if d >= 0 else "dynamic" for d in engine.get_tensor_shape(name)],
+        )
+        (io_in if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else io_out).append(spec)
+    info = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+    atomic_write_text(out / "layers.json", info)
+    layer_types, int8 = layer_precisions(info)
+    steps.append(f"inspect: {sum(layer_types.values())} layers by input type {layer_types}, {int8} computing in INT8")
+    return _Built(steps, io_in, io_out, profiles, strongly_typed, layer_types, int8)

@@ -11,6 +11,9 @@ python -m quantmatrix compare RESULTS --base RUN --other RUN [--fail-if-slower P
                                             (e.g. containers against venvs, or two machines), with
                                             a significance test and the ratio's 95% CI; exits 1
                                             when a gate fails (docs/statistics.md)
+python -m quantmatrix doctor [--json] [--require-gpu] [--expect-installed A,B]
+                                            which GPU libraries load here and what is missing (exit 1
+                                            when something installed does not load)
 """
 
 from __future__ import annotations
@@ -146,8 +149,19 @@ def main(argv: list[str] | None = None) -> int:
         help="exit 1 if a cell's macro-F1 or top-1 agreement falls by more than PCT percent (exact, no test)",
     )
     cmp.add_argument("--markdown", type=Path, help="also append the table as Markdown to FILE ($GITHUB_STEP_SUMMARY)")
+    d = sub.add_parser("doctor")
+    d.add_argument("--json", action="store_true", help="structured output")
+    d.add_argument("--require-gpu", action="store_true", help="exit 3 unless a GPU and the driver are usable")
+    d.add_argument(
+        "--expect-installed", default="", metavar="A,B", help="components that must be installed (e.g. in the image)"
+    )
     args = ap.parse_args(argv)
     try:
+        if args.command == "doctor":
+            from quantmatrix import doctor
+
+            expected = [n for n in args.expect_installed.split(",") if n]
+            return doctor.main(args.json, args.require_gpu, expected)
         if args.command == "schemas":
             return schemas(args.check)
         if args.command == "check":

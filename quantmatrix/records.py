@@ -561,6 +561,9 @@ class Result(Record):
     extra: dict[str, Any] = Field(default_factory=dict, description="free-form notes for people; nothing reads it")
     started: str
     finished: str
+    gpu: GpuCounters | None = Field(
+        None, description="CUDA cells: GPU memory and energy over the timed loop (each null with its reason)"
+    )
 
 
 class PredictionRow(Record):
@@ -815,3 +818,29 @@ def json_schemas() -> dict[str, dict[str, Any]]:
 
 def render_schema(schema: dict[str, Any]) -> str:
     return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+class GpuCounters(Record):
+    """GPU memory and energy of one CUDA cell's timed loop; a figure that cannot be had is null with its reason.
+
+    Memory: the backend allocator's peak (PyTorch's caching allocator; the TensorRT runner's own
+    buffers plus engine activations) and the device's used memory from NVML, which counts every
+    process and the CUDA context. Energy: NVML's total-energy counter (Volta and newer) read around
+    the timed loop; it updates every few tens of ms, so short loops carry a large relative error.
+    """
+
+    device_name: str | None = None
+    allocator_peak_bytes: int | None = None
+    allocator_reason: str | None = None
+    device_used_bytes: int | None = Field(None, description="NVML used memory, the larger of loop start and end")
+    device_total_bytes: int | None = None
+    memory_reason: str | None = None
+    energy_j: float | None = Field(None, description="energy the GPU used over the timed loop, in joules")
+    joules_per_inference: float | None = Field(None, description="energy_j / timed calls (one call = one batch)")
+    average_watts: float | None = Field(None, description="energy_j / window_s")
+    window_s: float | None = Field(None, description="wall time between the two energy readings")
+    calls: int | None = None
+    energy_reason: str | None = None
+
+
+Result.model_rebuild()

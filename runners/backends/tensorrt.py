@@ -5,7 +5,8 @@ profile serves a batch, which array goes to which tensor, whether the output is 
 whether the engine was built for this GPU — is a pure function of those, tested without a GPU.
 Only `load` and `TensorrtSession` touch TensorRT and CUDA. Each call records CUDA events around
 host-to-device copies, the engine's compute and the device-to-host copy (like trtexec), next to
-the host wall time the measurement module takes.
+the host wall time the measurement module takes; host staging, shape setting and checks happen
+before the first event, so no span includes them.
 """
 
 from __future__ import annotations
@@ -182,8 +183,11 @@ class TensorrtSession:
         num_labels: int,
         options: dict[str, Any],
         timing_limit: int,
+        ordinal: int = 0,
     ) -> None:
         self._cuda = cuda
+        self._ordinal = ordinal
+        self._buffer_bytes: list[int] = []
         self._engine = engine
         self._inputs, self._output = inputs, output
         self._profiles = profiles
@@ -205,10 +209,14 @@ class TensorrtSession:
             for t in inputs:
                 hi = p.shapes[t.name][2]
                 ctx.set_input_shape(t.name, hi)
-                buffers[t.name] = cuda.mem_alloc(int(np.prod(hi)) * np.dtype(t.dtype).itemsize)
+                nbytes = int(np.prod(hi)) * np.dtype(t.dtype).itemsize
+                buffers[t.name] = cuda.mem_alloc(nbytes)
+                self._buffer_bytes.append(nbytes)
                 ctx.set_tensor_address(t.name, int(buffers[t.name]))
             out_hi = tuple(ctx.get_tensor_shape(output.name))
-            buffers[output.name] = cuda.mem_alloc(int(np.prod(out_hi)) * np.dtype(output.dtype).itemsize)
+            nbytes = int(np.prod(out_hi)) * np.dtype(output.dtype).itemsize
+            buffers[output.name] = cuda.mem_alloc(nbytes)
+            self._buffer_bytes.append(nbytes)
             ctx.set_tensor_address(output.name, int(buffers[output.name]))
             self._contexts.append(ctx)
             self._device.append(buffers)
@@ -228,23 +236,28 @@ class TensorrtSession:
         bound = bind_inputs(self._inputs, inputs)
         k = pick_profile(self._profiles, {t.name: a.shape for t, a in bound})
         ctx, buffers = self._contexts[k], self._device[k]
-        ev[0].record(stream)
+        # Host work first (staging into pinned memory, shapes, the output check), so each event pair
+        # below brackets only what it names: the copies in, the engine's kernels, the copy out.
+        staged = []
         for t, arr in bound:
             staging = self._host[t.name][: arr.size]
             staging[:] = arr.reshape(-1)
             ctx.set_input_shape(t.name, arr.shape)
-            cuda.memcpy_htod_async(buffers[t.name], staging, stream)
-        ev[1].record(stream)
+            staged.append((buffers[t.name], staging))
         batch = bound[0][1].shape[0]
-        out_shape = tuple(ctx.get_tensor_shape(self._output.name))
-        check_output_shape(out_shape, batch, self._num_labels)
-        if not ctx.execute_async_v3(stream.handle):
-            raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
-        ev[2].record(stream)
+        check_output_shape(tuple(ctx.get_tensor_shape(self._output.name)), batch, self._num_labels)
         out = self._host[self._output.name][: batch * self._num_labels]
+        ev[0].record(stream)
+        for device_buffer, staging in staged:
+            cuda.memcpy_htod_async(device_buffer, staging, stream)
+        ev[1].record(stream)
+        ok = ctx.execute_async_v3(stream.handle)
+        ev[2].record(stream)
         cuda.memcpy_dtoh_async(out, buffers[self._output.name], stream)
         ev[3].record(stream)
         stream.synchronize()
+        if not ok:
+            raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
         self._timings.add((ev[1].time_since(ev[0]), ev[2].time_since(ev[1]), ev[3].time_since(ev[2])))
         return out.reshape(batch, self._num_labels).astype(np.float32)
 
@@ -255,6 +268,21 @@ class TensorrtSession:
 
     def options(self) -> dict[str, Any]:
         return dict(self._options)
+
+    def allocated_bytes(self) -> int:
+        """Device memory this session holds: its I/O buffers plus each context's activation memory."""
+        buffers = sum(self._buffer_bytes)
+        per_context = getattr(self._engine, "device_memory_size_v2", None) or getattr(
+            self._engine, "device_memory_size", 0
+        )
+        return int(buffers + per_context * len(self._contexts))
+
+    def device_counters(self) -> Any:
+        """GPU memory and energy around a timed loop (see quantmatrix.gpu.DeviceCounters)."""
+        from quantmatrix.gpu import DeviceCounters
+
+        peak = self.allocated_bytes()
+        return DeviceCounters(self._ordinal, allocator_peak=(lambda: None, lambda: peak))
 
     def close(self) -> None:
         self._stream.synchronize()
@@ -322,13 +350,15 @@ def load(request: LoadRequest) -> TensorrtSession:
         profiles=profiles,
         num_labels=len(request.manifest.id2label),
         timing_limit=p.max_timing_samples,
+        ordinal=p.device,
         options={
             "tensorrt": trt.__version__,
             "gpu": device.name,
             "compute_capability": device.compute_capability,
             "profiles": len(profiles),
             "io": [f"{t.mode}:{t.name}:{t.dtype}:{list(t.shape)}" for t in table],
-            "timing": "CUDA events: h2d, compute, d2h; latency is host wall time",
+            "timing": "CUDA events: h2d (input copies only), compute (execute_async_v3 alone), d2h; "
+            "latency is host wall time",
         },
     )
     # Free TensorRT and device objects before the context goes, or pycuda aborts at exit.

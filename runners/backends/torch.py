@@ -36,7 +36,9 @@ class TorchSession:
         self._device = device
         self._options = options
         self._cuda = device.startswith("cuda")
-        # CUDA events around the copy in, the forward pass and the copy out of every call.
+        # CUDA events around the copy in, the forward call and the copy out of every call. The middle
+        # span is the device time from before the forward call to after it: it includes the host's
+        # Python dispatch whenever the GPU waits on it (batch 1), so it is "forward", not kernel time.
         self._events = [torch.cuda.Event(enable_timing=True) for _ in range(4)] if self._cuda else []
         self._timings: list[tuple[float, float, float]] = []
 
@@ -47,8 +49,9 @@ class TorchSession:
                 feed = {k: torch.from_numpy(inputs[k]) for k in self.input_names}
                 return _logits(self._module(**feed)).float().numpy()
             ev = self._events
+            host = {k: torch.from_numpy(inputs[k]) for k in self.input_names}
             ev[0].record()
-            feed = {k: torch.from_numpy(inputs[k]).to(self._device, non_blocking=False) for k in self.input_names}
+            feed = {k: t.to(self._device, non_blocking=False) for k, t in host.items()}
             ev[1].record()
             logits = _logits(self._module(**feed)).float()
             ev[2].record()
@@ -67,6 +70,21 @@ class TorchSession:
 
     def options(self) -> dict[str, Any]:
         return dict(self._options)
+
+    def device_counters(self) -> Any:
+        """GPU memory (PyTorch's allocator peak, NVML) and energy around a timed loop; None on CPU."""
+        if not self._cuda:
+            return None
+        from quantmatrix.gpu import DeviceCounters
+
+        torch, device = self._torch, self._device
+        return DeviceCounters(
+            torch.device(device).index or 0,
+            allocator_peak=(
+                lambda: torch.cuda.reset_peak_memory_stats(device),
+                lambda: int(torch.cuda.max_memory_allocated(device)),
+            ),
+        )
 
 
 def _logits(out: Any) -> Any:
@@ -156,5 +174,9 @@ def load(request: LoadRequest) -> TorchSession:
             "torch": torch.__version__,
             "gpu": torch.cuda.get_device_name() if request.device == "cuda" else None,
             "interop_threads": torch.get_num_interop_threads(),
+            "timing": "CUDA events: h2d, compute = device time of the whole forward call (includes Python "
+            "dispatch when the GPU waits on the host), d2h; latency is host wall time"
+            if request.device == "cuda"
+            else None,
         },
     )
