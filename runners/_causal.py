@@ -1,4 +1,4 @@
-"""Causal-LM sessions for the torch and onnxruntime backends: a Stepper (quantmatrix.causal_lm) per artefact.
+"""Causal-LM sessions for the torch, onnxruntime and openvino backends: a Stepper (quantmatrix.causal_lm) per artefact.
 
 Classifier sessions return logits for a batch; a causal LM steps a KV cache, so its sessions have
 another shape. Both backends' are made here from the same runner params, which keeps the
@@ -24,6 +24,12 @@ def load_causal(backend: str, request: LoadRequest) -> tuple[Stepper, dict[str, 
         # level; generation binds the same InferenceSession through OrtLM instead of its predict.
         session = load(request)
         return OrtLM(session._session), session.options()
+    if backend == "openvino":
+        from runners.openvino import load as load_openvino
+
+        # OvModel speaks ONNX Runtime's session surface, so the same stepper binds the same names.
+        ov_session = load_openvino(request)
+        return OrtLM(ov_session.model), ov_session.options()
     raise Skip(f"backend {backend} does not run causal-LM generation")
 
 
