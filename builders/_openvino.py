@@ -68,3 +68,17 @@ def ir_manifest(
         io_inputs=inputs, io_outputs=outputs, device=device, steps=steps, metrics=metrics,
         extra={"openvino": version(), "op_counts": op_counts(model), **extra},
     )  # fmt: skip
+
+
+def check_ir_lm(xml_path: Path, ref_path: Path) -> dict[str, float]:
+    """A causal-LM IR against the FP32 reference: greedy tokens with and without the cache, teacher-forced KL."""
+    from builders._onnx_lm import check_graph_lm
+    from quantmatrix.causal_lm import OrtLM
+
+    return check_graph_lm(OrtLM(compile_for_check(xml_path)), ref_path)
+
+
+def lm_io(model: Any) -> dict[str, Any]:
+    """Facts about a causal-LM IR for the manifest (as builders._onnx_lm.lm_io says them of an ONNX graph)."""
+    past = [p.get_any_name() for p in model.inputs if p.get_any_name().startswith("past_key_values.")]
+    return {"with_past": bool(past), "past_inputs": len(past)}
