@@ -42,9 +42,10 @@ def build(ctx: BuildContext, params: OpenVinoFp32LmParams) -> Manifest:
         )
     if check.get("check_cache_equal", 1.0) < 1.0:
         raise QuantmatrixError("OpenVINO IR: greedy tokens with the KV cache differ from those without it")
+    modes = " with and without the cache" if "check_cache_equal" in check else ""
     steps.append(
-        f"check: greedy tokens equal the reference's{' with and without the cache' if 'check_cache_equal' in check else ''}"
-        f", teacher-forced max |Δlogit| {check['check_max_abs_logit_diff']:.2e} (CPU plugin, f32)"
+        f"check: greedy tokens equal the reference's{modes}, "
+        f"teacher-forced max |Δlogit| {check['check_max_abs_logit_diff']:.2e} (CPU plugin, f32)"
     )
     extra = {"converter": "openvino.convert_model", "source_entry": src.file().name, **lm_io(model)}
     return ir_manifest(ctx, params, precision="fp32", device="cpu", steps=steps, metrics=check, extra=extra)

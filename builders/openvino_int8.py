@@ -37,7 +37,9 @@ def build(ctx: BuildContext, params: OpenVinoInt8Params) -> Manifest:
 
     src = ctx.source
     if src.manifest.format != "openvino":
-        raise QuantmatrixError(f"openvino-int8 quantises an OpenVINO IR; source {src.manifest.key} is {src.manifest.format}")
+        raise QuantmatrixError(
+            f"openvino-int8 quantises an OpenVINO IR; source {src.manifest.key} is {src.manifest.format}"
+        )
     if params.subset_size < 1:
         raise QuantmatrixError(f"openvino-int8: subset_size must be at least 1, got {params.subset_size}")
     model = read_model(src.file())
