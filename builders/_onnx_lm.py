@@ -65,8 +65,12 @@ def check_torch_lm(stepper: Any, ref_path: Path) -> tuple[dict[str, float], str]
 
 def check_lm(model_path: Path, ref_path: Path) -> dict[str, float]:
     """Greedy tokens (with the cache where the graph has one, and without) and teacher-forced logits vs FP32."""
+    return check_graph_lm(OrtLM(ort_session(model_path)), ref_path)
+
+
+def check_graph_lm(stepper: Any, ref_path: Path) -> dict[str, float]:
+    """`check_lm` of any graph stepper (an OrtLM over ONNX Runtime or OpenVINO)."""
     prompts, ref_tokens, ref_logits = reference_eval(ref_path)
-    stepper = OrtLM(ort_session(model_path))
     logits = teacher_forced(stepper, prompts, ref_tokens)
     if logits.shape != ref_logits.shape:
         raise QuantmatrixError(

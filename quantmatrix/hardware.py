@@ -52,6 +52,8 @@ KEY_PACKAGES = (
     "onnx",
     "onnxruntime",
     "onnxruntime-gpu",
+    "openvino",
+    "nncf",
     "optimum",
     "optimum-onnx",
     "transformers",

@@ -26,7 +26,7 @@ ANALYSIS_VERSION: Literal[1] = 1
 
 Status = Literal["ok", "failed", "skipped"]
 Verdict = Literal["pass", "drift", "fail", "skipped", "failed", "reference", "n/a"]
-Format = Literal["torch", "onnx", "tensorrt", "none"]
+Format = Literal["torch", "onnx", "tensorrt", "openvino", "none"]
 
 
 class Record(BaseModel):

@@ -101,7 +101,7 @@ def builders_table(builders: Mapping[str, Any]) -> str:
 def backends_table(backends: Mapping[str, Any]) -> str:
     rows = ["| backend | reads | devices | what it is | params (defaults) |", "|---|---|---|---|---|"]
     for name, r in sorted(backends.items()):
-        module = f"runners.{name.replace('-', '_')}"
+        module = f"runners.backends.{name.replace('-', '_')}"
         formats, devices = ", ".join(r.formats), ", ".join(r.devices)
         rows.append(f"| `{name}` | {formats} | {devices} | {cell(first_line(module))} | {params_text(r.params)} |")
     return "\n".join(rows)
@@ -119,7 +119,7 @@ def planned_runners(matrix: Matrix, builders: Mapping[str, Any], backends: Mappi
                 profile,
                 device,
                 builder_formats={k: v.output_format for k, v in builders.items()},
-                backend_formats={k: v.formats for k, v in backends.items()},
+                backends=backends,
                 run_id="docs",
             )
             for job in p.jobs:
