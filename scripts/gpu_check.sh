@@ -48,10 +48,16 @@ step() {
 
 step machine 20 nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total,power.limit --format=csv
 if [ -d "$CARRY/wheels" ]; then
-  # Only what the host lacks: its own torch/numpy stay; the wheels are cp312 builds from gpu_pack.sh.
-  # pip may be absent: a wheel is a zip laid out for site-packages, so unpacking it is the fallback.
-  step wheels 40 bash -c "'$PY' -m pip install --no-index --no-deps --target '$SITE' '$CARRY'/wheels/*.whl \
-    || for w in '$CARRY'/wheels/*.whl; do '$PY' -m zipfile -e \"\$w\" '$SITE' || exit 1; done" || status=1
+  # Only what the host lacks (its own torch, numpy, typing_extensions... stay first); pip resolves
+  # from the carried cp312 wheels alone and refuses ones that do not fit this Python. Without pip,
+  # a wheel is a zip laid out for site-packages: unpacking it is the fallback.
+  missing=""
+  for m in pydantic psutil pytest; do "$PY" -c "import $m" 2>/dev/null || missing="$missing $m"; done
+  if [ -n "$missing" ] || [ "$DRY" = 1 ]; then
+    step wheels 40 bash -c "if '$PY' -m pip --version >/dev/null 2>&1; then
+        '$PY' -m pip install --no-index --find-links '$CARRY/wheels' --target '$SITE' ${missing:-pydantic psutil pytest}
+      else for w in '$CARRY'/wheels/*.whl; do '$PY' -m zipfile -e \"\$w\" '$SITE' || exit 1; done; fi" || status=1
+  fi
 fi
 step doctor 45 "$PY" -m quantmatrix doctor --json --require-gpu
 rc=$?; [ "$DRY" = 1 ] || cp "$LOGS/doctor.log" "$WORK/doctor.json"
