@@ -20,6 +20,7 @@ Messages are single lines under PIPE_BUF (4096 bytes), so writes from many proce
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -114,10 +115,8 @@ class Coordinator:
 
     def close(self) -> None:
         for fd in [self._inbox, *self._out.values()]:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         self._out.clear()
 
     def __enter__(self) -> Coordinator:
@@ -130,13 +129,11 @@ class Coordinator:
         """(kind, participant, rest) lines from the inbox, waiting up to `timeout` seconds for the first."""
         ready, _, _ = select.select([self._inbox], [], [], timeout)
         if ready:
-            try:
+            with contextlib.suppress(BlockingIOError):
                 self._buffer += os.read(self._inbox, 65536)
-            except BlockingIOError:
-                pass
         while b"\n" in self._buffer:
             line, self._buffer = self._buffer.split(b"\n", 1)
-            kind, name, rest = (line.decode().split(" ", 2) + ["", ""])[:3]
+            kind, name, rest = ([*line.decode().split(" ", 2), "", ""])[:3]
             yield kind, name, rest
 
     def _drop(self, report: TurnsReport, name: str, why: str, log: Callable[[str], None]) -> None:
@@ -275,8 +272,6 @@ class Participant:
     def close(self) -> None:
         for fd in (self._in, self._out):
             if fd is not None:
-                try:
+                with contextlib.suppress(OSError):
                     os.close(fd)
-                except OSError:
-                    pass
         self._in = self._out = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -44,10 +45,17 @@ def _serve(tmp_path: Path, die_at: dict[str, int]) -> tuple[object, dict[str, li
     coord = Coordinator(tmp_path / "turns", names, seed=7, turn_timeout=30)
     procs = {
         n: subprocess.Popen(
-            [sys.executable, "-c", SCRIPT, str(tmp_path / "turns"), n, str(tmp_path / f"{n}.json"),
-             str(die_at.get(n, -1))],
+            [
+                sys.executable,
+                "-c",
+                SCRIPT,
+                str(tmp_path / "turns"),
+                n,
+                str(tmp_path / f"{n}.json"),
+                str(die_at.get(n, -1)),
+            ],
             cwd=Path(__file__).resolve().parent.parent,
-        )  # fmt: skip
+        )
         for n in names
     }
     try:
@@ -66,7 +74,7 @@ def test_slices_never_overlap_and_each_round_has_every_cell(tmp_path: Path) -> N
     assert report.rounds == 5  # every cell asked for 5 slices
     spans = sorted((r[2], r[3]) for rs in rows.values() for r in rs)
     assert len(spans) == 3 * 2 * 5
-    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end  # one slice at a time, machine-wide
     for name, rs in rows.items():
         for rnd in range(5):
