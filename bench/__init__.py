@@ -6,6 +6,7 @@ runtime; only the launcher differs (a subprocess in this venv, or a `docker run 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import queue
@@ -23,12 +24,15 @@ from typing import Protocol, TextIO
 from quantmatrix.capabilities import Capabilities, Capability
 from quantmatrix.errors import SpecError
 from quantmatrix.hardware import LAUNCHED_AT_ENV
+from quantmatrix.machine_lock import TimingLock, lock_dir
 from quantmatrix.plan import GENERATION, REFERENCE, build_jobs, cell_modes, variants_for
 from quantmatrix.progress import ProgressEvent, is_harmless, is_warning, parse_event
 from quantmatrix.spec import Matrix
 from quantmatrix.store import Store
+from quantmatrix.turns import Coordinator
 
 LOG_TAIL = 3000
+TURNS_DIR = ".turns"  # under results/<run-id>/: one directory of named pipes per turn group
 
 
 @dataclass
@@ -46,6 +50,7 @@ class Job:
     repeat: int = 0
     device: str = "cpu"
     network: bool = False  # builders may need PyPI-free network (never hubs); runners never
+    turns: str = ""  # interleaved timing: the turn group (model and round) whose jobs run side by side
     state: str = "queued"
     seconds: float = 0.0
     reason: str = ""
@@ -172,9 +177,24 @@ def plan(
                     ],
                 )
             )
+            if prof.measure.slice_seconds > 0 and matrix.models[model].task != GENERATION:
+                # The cells of one model and round take turns in random order, each job in its own process.
+                job = jobs[-1]
+                job.turns = f"{model}-r{repeat}"
+                job.argv += [
+                    "--turns",
+                    f"{results_arg}/{run_id}/{TURNS_DIR}/{job.turns}",
+                    "--turn-name",
+                    turn_name(job),
+                ]
             cells += len(cell_modes(matrix.models[model], prof.measure))
     jobs += analysis_jobs(matrix, profile, device, build_names, common, results_arg, run_id)
     return Plan(jobs=jobs, cells=cells)
+
+
+def turn_name(job: Job) -> str:
+    """A run job's participant name in its turn group: `variant@runner` (names have no spaces or '/')."""
+    return f"{job.variant}@{job.runner}"
 
 
 def analysis_jobs(
@@ -411,11 +431,14 @@ def execute(
     is_done: Callable[[Job], bool] | None = None,
     console: Console | None = None,
     log_dir: Path | None = None,
+    turns_root: Path | None = None,
 ) -> list[Job]:
     """Run jobs in dependency order. A failed build fails its dependants' runs with its reason; others go on.
 
     With a `console`, lines go to it (not `log`) and each running job's progress redraws its status
-    line; with a `log_dir`, each job's whole output is kept in `<log_dir>/<job name>.log`.
+    line; with a `log_dir`, each job's whole output is kept in `<log_dir>/<job name>.log`. Run jobs
+    of one turn group (`Job.turns`, interleaved timing) are launched together and take turns through
+    a coordinator whose pipes live under `turns_root` (this machine's path of the jobs' turn directory).
     """
     if console is not None:
         log = console.line
@@ -445,7 +468,23 @@ def execute(
             if on_failure is not None:
                 on_failure(job)
 
+    served: set[str] = set()
     for i, job in enumerate(jobs, 1):
+        if job.turns and turns_root is not None:
+            if job.turns not in served:
+                served.add(job.turns)
+                members = [(k, j) for k, j in enumerate(jobs, 1) if j.turns == job.turns]
+                todo = []
+                for k, member in members:
+                    if is_done is not None and is_done(member):
+                        member.state = "cached"
+                        log(_line(k, total, member, member.state, t_start))
+                    else:
+                        todo.append((k, member))
+                serve_turns(turns_root / job.turns, todo, launch, store, log)
+                for k, member in todo:
+                    log(_line(k, total, member, member.state, t_start))
+            continue
         failed_deps = [d for d in job.deps if by_name[d].state == "failed"]
         if job.kind == "build" and not failed_deps and store.lookup(job.key or "") is not None:
             job.state = "cached"
@@ -467,6 +506,41 @@ def execute(
             launch(i, job)
         log(_line(i, total, job, job.state, t_start))
     return jobs
+
+
+def serve_turns(
+    directory: Path,
+    members: Sequence[tuple[int, Job]],
+    launch: Callable[[int, Job], None],
+    store: Store,
+    log: Callable[[str], None],
+) -> None:
+    """Launch a turn group's run jobs side by side and grant their cells turns in random order.
+
+    Each job loads, guards and scores on its own, then says it is ready; once all are (or have left),
+    the coordinator takes the machine-wide timing lock and hands out slices until every cell has met
+    its stopping rule. A job that dies is dropped and the others finish (its launcher records why).
+    """
+    if not members:
+        return
+    names = {turn_name(job): job for _, job in members}
+    seed = int.from_bytes(hashlib.sha256(str(directory).encode()).digest()[:4], "big")
+    threads = {
+        turn_name(job): threading.Thread(target=launch, args=(k, job), name=job.name, daemon=True) for k, job in members
+    }
+    with Coordinator(directory, list(names), seed=seed) as coordinator:
+        for thread in threads.values():
+            thread.start()
+        report = coordinator.serve(
+            lambda name: threads[name].is_alive(),
+            log=log,
+            exclusive=lambda: TimingLock(lock_dir(store.root), log=log).turn(),
+        )
+        for thread in threads.values():
+            thread.join()
+    shutil.rmtree(directory, ignore_errors=True)
+    log(f"[turns ] {directory.name}: {report.rounds} rounds, {report.turns} turns"
+        + (f"; dropped {', '.join(report.dropped)}" if report.dropped else ""))  # fmt: skip
 
 
 BUILD_OUTCOMES = {"done": "built", "reused": "reused after waiting", "cached": "already built", "failed": "failed"}

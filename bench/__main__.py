@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import builders
     import runners
-    from bench import Console, Job, Launcher, build_record, execute, plan, record_failure, run_is_done
+    from bench import TURNS_DIR, Console, Job, Launcher, build_record, execute, plan, record_failure, run_is_done
     from quantmatrix.hardware import describe, fingerprint
     from quantmatrix.spec import load_matrix
     from quantmatrix.store import Store
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
         jobs = execute(
             p, launcher, store, timeout=args.timeout, on_failure=on_failure, is_done=is_done,
-            console=console, log_dir=log_dir,
+            console=console, log_dir=log_dir, turns_root=args.results.resolve() / run_id / TURNS_DIR,
         )  # fmt: skip
         print(f"job logs: {log_dir}")
         print(f"\nfinished in {time.perf_counter() - t0:.0f}s; {build_record(jobs)}")

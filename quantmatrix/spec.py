@@ -293,6 +293,15 @@ class MeasureSpec:
             check=at_least(1),
         ),
     ] = 1
+    slice_seconds: Annotated[
+        float,
+        Key(
+            "interleaved timing: the cells of one model and round take turns of this many seconds in a fresh "
+            "random order each round, each cell still in its own process, until every cell has met the stopping "
+            "rule above (0: each cell timed in one uninterrupted loop). Speed-up CIs then pair the rounds",
+            check=at_least(0),
+        ),
+    ] = 0.0
     generation_batch_sizes: Annotated[
         tuple[int, ...],
         Key(

@@ -28,6 +28,7 @@ import select
 import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,9 @@ def _fifo(path: Path) -> None:
         if not stat.S_ISFIFO(path.stat().st_mode):
             raise TurnsError(f"{path}: exists and is not a named pipe")
         return
-    os.mkfifo(path, 0o600)
+    os.mkfifo(path)
+    # Containers may run as another user than the launcher (the image's user when it runs as root).
+    os.chmod(path, 0o666)
 
 
 def _send(fd: int, message: str) -> None:
@@ -146,8 +149,13 @@ class Coordinator:
         alive: Callable[[str], bool],
         log: Callable[[str], None] = print,
         ready_timeout: float = 7200.0,
+        exclusive: Callable[[], AbstractContextManager[Any]] | None = None,
     ) -> TurnsReport:
-        """Wait for every live participant to be ready, then grant turns until all cells have enough."""
+        """Wait for every live participant to be ready, then grant turns until all cells have enough.
+
+        `exclusive()` is entered once everyone is ready and held until the last turn: the machine-wide
+        timing lock, so that no other run times while these turns go on (and none waits while they load).
+        """
         report = TurnsReport()
         cells: dict[str, list[str]] = {}
         t0 = time.monotonic()
@@ -164,9 +172,27 @@ class Coordinator:
                         self._drop(report, name, f"not ready after {ready_timeout:.0f} s", log)
         report.waited_ready_s = time.monotonic() - t0
         enough: dict[tuple[str, str], bool] = {(n, c): False for n, cs in cells.items() for c in cs}
-        seq = 0
         live = [n for n in self.names if n in cells and n not in report.dropped]
         log(f"[turns ] {len(live)} participants, {len(enough)} cells ready after {report.waited_ready_s:.0f} s")
+        with exclusive() if exclusive is not None else nullcontext():
+            seq = self._rounds(live, cells, enough, alive, report, log)
+            # Each participant's last turn is exclusive too: it may probe the machine after timing.
+            for name in live:
+                if name not in report.dropped:
+                    seq += 1
+                    self._grant(name, Turn(seq, None, report.rounds), alive, report, log)
+        return report
+
+    def _rounds(
+        self,
+        live: list[str],
+        cells: dict[str, list[str]],
+        enough: dict[tuple[str, str], bool],
+        alive: Callable[[str], bool],
+        report: TurnsReport,
+        log: Callable[[str], None],
+    ) -> int:
+        seq = 0
         t_rounds = time.monotonic()
         while report.rounds < self.max_rounds:
             slots = [(n, c) for n in live if n not in report.dropped for c in cells[n]]
@@ -191,12 +217,7 @@ class Coordinator:
                     f"({per_round:.2f} s a round)")  # fmt: skip
             if report.rounds >= self.min_rounds and len(done) == len(enough):
                 break
-        # Each participant's last turn is exclusive too: it may probe the machine after timing.
-        for name in live:
-            if name not in report.dropped:
-                seq += 1
-                self._grant(name, Turn(seq, None, report.rounds), alive, report, log)
-        return report
+        return seq
 
     def _grant(
         self, name: str, turn: Turn, alive: Callable[[str], bool], report: TurnsReport, log: Callable[[str], None]

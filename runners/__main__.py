@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from quantmatrix.errors import QuantmatrixError
+from quantmatrix.turns import Participant
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runner", default="torch-eager")
     ap.add_argument("--run-id", default="local")
     ap.add_argument("--repeat", type=int, default=0, help="round index when a run measures every cell repeatedly")
+    ap.add_argument(
+        "--turns", type=Path, default=None, metavar="DIR",
+        help="interleaved timing: the launcher's turn directory (quantmatrix.turns); needs --turn-name",
+    )  # fmt: skip
+    ap.add_argument("--turn-name", default=None, help="this job's participant name in --turns")
     ap.add_argument("--name", default=None, help="analysis: its name in the matrix ([analyses.<name>])")
     args = ap.parse_args(argv)
     from runners import registry
@@ -79,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             results=args.results,
             run_id=args.run_id,
             repeat=args.repeat,
+            turns=_participant(args.turns, args.turn_name),
         )
         results = job.run()
         failed = [r for r in results if r.status == "failed"]
@@ -86,6 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     except QuantmatrixError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def _participant(directory: Path | None, name: str | None) -> Participant | None:
+    if directory is None:
+        return None
+    if not name:
+        raise QuantmatrixError("--turns needs --turn-name (this job's participant name)")
+    return Participant(directory, name)
 
 
 if __name__ == "__main__":

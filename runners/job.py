@@ -19,6 +19,7 @@ from quantmatrix.plan import REFERENCE, build_jobs, cell_modes
 from quantmatrix.records import Cell, Manifest, Result, read_record, write_record
 from quantmatrix.spec import Matrix, MeasureSpec
 from quantmatrix.store import Store, now_iso
+from quantmatrix.turns import Participant
 from runners import Skip, registry
 from runners.guard import GuardFailure
 from runners.tasks import CellPlan, RunContext, scenarios
@@ -46,8 +47,10 @@ class RunJob:
         run_id: str,
         repeat: int = 0,
         log: Callable[[str], None] = print,
+        turns: Participant | None = None,
     ) -> None:
         self.matrix, self.log = matrix, log
+        self.turns = turns  # interleaved timing: this job's side of the launcher's turn coordinator
         self.profile = matrix.profile(profile)
         self.model = matrix.models[model]
         self.variant = variant
@@ -166,7 +169,7 @@ class RunJob:
         context = RunContext(
             matrix=self.matrix, measure=self.profile.measure, model=self.model, variant=self.variant,
             runner=self.runner, info=self.info, store=self.store, key=self.key, ref_key=self.ref_key,
-            threads=self.threads, log=self.log, result=self.base,
+            threads=self.threads, log=self.log, result=self.base, turns=self.turns,
         )  # fmt: skip
         return measure(context, cells, manifest, reference)
 

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from quantmatrix.errors import QuantmatrixError
 from quantmatrix.hardware import memory_bandwidth_forked_gbs, speed_probe_per_cpu_ms
 from quantmatrix.inputs import encode, natural_batches
-from quantmatrix.machine_lock import LoadWindow, TimingLock
+from quantmatrix.machine_lock import Load, LoadWindow, TimingLock, busy_seconds, own_cpu_seconds, usable_cpus
 from quantmatrix.metrics import percentile_summary
-from quantmatrix.records import Agreement, DecoderArch, EncoderArch, Latency, Quality
+from quantmatrix.records import Agreement, DecoderArch, EncoderArch, Latency, LatencySlice, Quality
 from quantmatrix.spec import MeasureSpec, Thresholds
 
 Batch = Mapping[str, np.ndarray]
@@ -62,6 +63,42 @@ def tokenise(
     return Inputs(batch_size=batch_size, seq_mode=seq_mode, batches=tuple(batches))
 
 
+def timed_calls(
+    predict: Callable[[Batch], object],
+    batches: Sequence[Batch],
+    samples: list[float],
+    stop: Callable[[int, float], bool],
+    progress: Callable[[int, float], None] | None = None,
+) -> None:
+    """The timing loop: call `predict` on `batches` in a fixed cycle, appending each call's milliseconds
+    to `samples`, until `stop(calls, seconds)` (both counted from this loop's first call) says so.
+
+    The cycle goes on where `samples` left off, so a cell timed in slices sees its batches in the same
+    order as one timed in one go. GC is paused in the loop so a collection does not land in one
+    backend's samples and not another's. `progress` is called after each call, outside its sample.
+    """
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        start = time.perf_counter_ns()
+        i = 0
+        while True:
+            batch = batches[len(samples) % len(batches)]
+            t0 = time.perf_counter_ns()
+            predict(batch)
+            samples.append((time.perf_counter_ns() - t0) / 1e6)
+            i += 1
+            elapsed = (time.perf_counter_ns() - start) / 1e9
+            if progress is not None:
+                progress(i, elapsed)
+            if stop(i, elapsed):
+                break
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
 def time_predict(
     predict: Callable[[Batch], object],
     inputs: Inputs,
@@ -75,8 +112,7 @@ def time_predict(
     `max_seconds` and `max_iterations` cap it (the null runner would otherwise keep millions of
     microsecond samples).
 
-    Batches are cycled in a fixed order so every variant sees the same inputs. GC is paused in the
-    timed loop so a collection does not land in one backend's samples and not another's.
+    Batches are cycled in a fixed order so every variant sees the same inputs (`timed_calls`).
     `on_start` is called just before the first timed call; `progress` after each timed call, outside
     its sample, with (iterations so far, seconds since the first).
 
@@ -93,31 +129,21 @@ def time_predict(
         for i in range(spec.warmup):
             predict(batches[i % len(batches)])
         samples: list[float] = []
-        gc_was_enabled = gc.isenabled()
-        gc.collect()
-        gc.disable()
         if on_start is not None:
             on_start()
         window = LoadWindow()
         timed_from = time.time()
-        try:
-            start = time.perf_counter_ns()
-            i = 0
-            while True:
-                batch = batches[i % len(batches)]
-                t0 = time.perf_counter_ns()
-                predict(batch)
-                samples.append((time.perf_counter_ns() - t0) / 1e6)
-                i += 1
-                elapsed = (time.perf_counter_ns() - start) / 1e9
-                if progress is not None:
-                    progress(i, elapsed)
-                enough = i >= spec.min_iterations and elapsed >= spec.min_seconds
-                if enough or elapsed >= spec.max_seconds or i >= spec.max_iterations:
-                    break
-        finally:
-            if gc_was_enabled:
-                gc.enable()
+        timed_calls(
+            predict,
+            batches,
+            samples,
+            lambda i, elapsed: (
+                (i >= spec.min_iterations and elapsed >= spec.min_seconds)
+                or elapsed >= spec.max_seconds
+                or i >= spec.max_iterations
+            ),
+            progress,
+        )
         timed_until = time.time()
         load = window.stop()
         # Per CPU, the slower of before and after: the timed loop ran between them.
@@ -141,6 +167,87 @@ def time_predict(
         disturbed=load.disturbed if load else None,
         **s,
     )
+
+
+class SliceTimer:
+    """One cell timed in turns (interleaved with other cells, each in its own process): `timed_calls`
+    a slice at a time, with the machine's load summed over the slices and its probes around them all.
+
+    `slice` runs only while its process holds the turn (see `quantmatrix.turns`); `enough` says when
+    the cell has met the same stopping rule as `time_predict`, counted over its slices.
+    """
+
+    def __init__(self, predict: Callable[[Batch], object], inputs: Inputs, spec: MeasureSpec) -> None:
+        self.predict, self.inputs, self.spec = predict, inputs, spec
+        self.samples: list[float] = []
+        self.slices: list[LatencySlice] = []
+        self.timed_s = 0.0
+        self.cpus = usable_cpus()
+        self._others_s = 0.0
+        self._load_s = 0.0
+        self._probe_before: list[float] | None = None
+        self._bandwidth_before: float | None = None
+
+    def warm_up(self) -> None:
+        for i in range(self.spec.warmup):
+            self.predict(self.inputs.batches[i % len(self.inputs.batches)])
+
+    def enough(self) -> bool:
+        n, t, sp = len(self.samples), self.timed_s, self.spec
+        return (n >= sp.min_iterations and t >= sp.min_seconds) or t >= sp.max_seconds or n >= sp.max_iterations
+
+    def slice(self, seconds: float, round_: int) -> None:
+        """Time calls for `seconds` (at least one call) as round `round_`; nothing once the sample cap is hit."""
+        if len(self.samples) >= self.spec.max_iterations:
+            return
+        if self._probe_before is None:  # in the cell's first turn: the machine is ours
+            self._probe_before = speed_probe_per_cpu_ms()
+            self._bandwidth_before = memory_bandwidth_forked_gbs()
+        batches = self.inputs.batches
+        # Untimed: the other cells' turns left the caches to their models.
+        self.predict(batches[len(self.samples) % len(batches)])
+        first, started = len(self.samples), time.time()
+        busy0, own0, t0 = busy_seconds(self.cpus), own_cpu_seconds(), time.perf_counter()
+        cap = self.spec.max_iterations
+        timed_calls(
+            self.predict, batches, self.samples, lambda _, elapsed: elapsed >= seconds or len(self.samples) >= cap
+        )
+        wall = time.perf_counter() - t0
+        busy1, own1 = busy_seconds(self.cpus), own_cpu_seconds()
+        self.timed_s += wall
+        if busy0 is not None and busy1 is not None:
+            self._others_s += max(0.0, (busy1 - busy0) - (own1 - own0))
+            self._load_s += wall
+        self.slices.append(LatencySlice(first=first, count=len(self.samples) - first, started=started, round=round_))
+
+    def latency(self, probe_after: list[float], bandwidth_after: float | None) -> Latency:
+        """The cell's Latency over all its slices; `probe_after`/`bandwidth_after` were taken after the last."""
+        if not self.samples:
+            raise QuantmatrixError("interleaved timing: this cell was never given a turn")
+        before = self._probe_before or probe_after
+        probe = [max(a, b) for a, b in zip(before, probe_after, strict=True)]
+        bandwidth = [b for b in (self._bandwidth_before, bandwidth_after) if b is not None]
+        # /proc/stat's 10 ms ticks are coarse for one 0.1 s slice; summed over all slices they resolve.
+        load = None
+        if self._load_s > 0:
+            others = round(self._others_s / self._load_s, 3)
+            load = Load(background_cores=others, cores=len(self.cpus), window_s=round(self._load_s, 3))
+        return Latency(
+            samples=[round(x, 5) for x in self.samples],
+            iterations=len(self.samples),
+            warmup=self.spec.warmup,
+            background_cores=load.background_cores if load else None,
+            probe_ms=max(probe),
+            probe_cpus_ms=probe,
+            bandwidth_gbs=bandwidth if len(bandwidth) == 2 else None,
+            timed_from=self.slices[0].started,
+            timed_until=self.slices[-1].started + sum(self.samples[self.slices[-1].first :]) / 1e3,
+            load_window_s=load.window_s if load else None,
+            background_share=round(load.share, 3) if load else None,
+            disturbed=load.disturbed if load else None,
+            slices=self.slices,
+            **percentile_summary(self.samples),
+        )
 
 
 def predict_all(

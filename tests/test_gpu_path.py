@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from runners.onnxruntime import create_session, provider_config
-from runners.tensorrt import EngineTensor, ProfileRange, TensorrtSession
+from runners.backends.onnxruntime import create_session, provider_config
+from runners.backends.tensorrt import EngineTensor, ProfileRange, TensorrtSession
 
 from builders.tensorrt_engine import BuildLog, layer_precisions
 from quantmatrix.doctor import check_library, classify_missing
@@ -397,7 +397,7 @@ def test_doctor_on_a_gpu_host_sees_the_driver_torch_and_nvml(repo: Path) -> None
 @needs_gpu
 def test_torch_cuda_events_and_counters_on_a_real_gpu() -> None:
     import torch
-    from runners.torch import TorchSession
+    from runners.backends.torch import TorchSession
 
     class Tiny(torch.nn.Module):
         def __init__(self) -> None:

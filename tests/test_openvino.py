@@ -278,7 +278,7 @@ def test_a_property_the_plugin_rejects_gives_failed_cells_with_its_reason(work):
 
 def test_plugin_config_and_error_cleaning():
     import openvino as ov
-    from runners.openvino import OpenVinoParams, plugin_config
+    from runners.backends.openvino import OpenVinoParams, plugin_config
 
     from quantmatrix.openvino_model import clean_error
 
@@ -295,7 +295,7 @@ def test_plugin_config_and_error_cleaning():
 
 
 def test_a_cuda_runner_is_skipped_not_faked(work):
-    from runners.openvino import OpenVinoParams, load
+    from runners.backends.openvino import OpenVinoParams, load
 
     from runners import LoadRequest, Skip
 

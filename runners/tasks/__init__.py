@@ -22,6 +22,7 @@ from quantmatrix.machine_lock import TimingLock, lock_dir
 from quantmatrix.records import ColdStart, Manifest, Result
 from quantmatrix.spec import Matrix, MeasureSpec, ModelSpec, RunnerSpec
 from quantmatrix.store import Store
+from quantmatrix.turns import Participant
 from runners import RunnerInfo
 
 
@@ -60,6 +61,7 @@ class RunContext:
     threads: int
     log: Callable[[str], None]
     result: ResultFactory
+    turns: Participant | None = None  # set: time the cells in turns granted by the launcher (interleaved)
 
     @property
     def artefact(self) -> Path:

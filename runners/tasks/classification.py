@@ -13,6 +13,7 @@ import resource
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ import numpy as np
 
 from quantmatrix.capabilities import Capability
 from quantmatrix.data import load_dataset
-from quantmatrix.hardware import fingerprint, launched_at
+from quantmatrix.errors import QuantmatrixError
+from quantmatrix.hardware import fingerprint, launched_at, memory_bandwidth_forked_gbs, speed_probe_per_cpu_ms
 from quantmatrix.inputs import encode
 from quantmatrix.metrics import agreement, percentile_summary, quality, top_k
 from quantmatrix.plan import REFERENCE
@@ -40,6 +42,7 @@ from quantmatrix.records import (
     Robustness,
 )
 from quantmatrix.spec import Matrix, RunnerSpec, parse_params
+from quantmatrix.turns import Participant
 from runners import LoadRequest, RunnerInfo, Session
 from runners.guard import (
     MIN_CANARY_AGREEMENT,
@@ -49,7 +52,7 @@ from runners.guard import (
     check_labels,
     check_output,
 )
-from runners.measure import encoder_ops, predict_all, time_predict, tokenise, verdict
+from runners.measure import Inputs, SliceTimer, encoder_ops, predict_all, time_predict, tokenise, verdict
 from runners.tasks import CellPlan, RunContext, cold_start, scenario
 
 GUARD_SAMPLE = 64
@@ -171,15 +174,77 @@ def measure(ctx: RunContext, cells: list[CellPlan], manifest: Manifest, referenc
     # The roof is a CPU GEMM (torch.mm / MatMulInteger): it says nothing about a GPU cell.
     peak = _machine_peak(ctx.store.root, manifest.precision) if ctx.runner.device == "cpu" else None
     first_timed: list[float] = []
+    done = partial(_cell_result, ctx, opened, manifest, cold, first_timed, arch, peak, q_ref, scored)
+    if ctx.turns is not None:
+        yield from _interleaved(ctx, ctx.turns, cells, opened, split, first_timed, done)
+        return
     for cell in cells:
-        yield _timed_cell(ctx, cell, opened, split, manifest, cold, first_timed, arch, peak, q_ref, scored)
+        inputs = _cell_inputs(ctx, cell, opened, split)
+        with timing_progress(f"timing b{cell.batch_size} {cell.seq_mode}", ctx.measure) as tick:
+            lat = time_predict(
+                opened.session.predict,
+                inputs,
+                ctx.measure,
+                on_start=lambda: first_timed.append(time.time()),
+                lock=ctx.timing_lock(),
+                progress=tick,
+            )
+        yield done(cell, inputs, lat)
 
 
-def _timed_cell(
+def _interleaved(
     ctx: RunContext,
-    cell: CellPlan,
+    turns: Participant,
+    cells: list[CellPlan],
     opened: Opened,
     split: TestSplit,
+    first_timed: list[float],
+    done: Callable[[CellPlan, Inputs, Latency], Result],
+) -> Iterator[Result]:
+    """Every cell warmed up, then timed a slice per turn the launcher grants (quantmatrix.turns)."""
+    timers: dict[str, tuple[CellPlan, Inputs, SliceTimer]] = {}
+    for cell in cells:
+        inputs = _cell_inputs(ctx, cell, opened, split)
+        timer = SliceTimer(opened.session.predict, inputs, ctx.measure)
+        timer.warm_up()
+        timers[f"b{cell.batch_size}-{cell.seq_mode}"] = (cell, inputs, timer)
+    ctx.log(f"[turns ] {ctx.variant} on {ctx.runner.name}: ready with {len(timers)} cells, waiting for turns")
+    turns.ready(list(timers))
+    probe_after: list[float] = []
+    bandwidth_after: float | None = None
+    for turn in turns.turns():
+        if turn.cell is None:  # the last turn, ours alone: probe the machine after all the slices
+            probe_after, bandwidth_after = speed_probe_per_cpu_ms(), memory_bandwidth_forked_gbs()
+            turns.finish(turn)
+            break
+        if turn.cell not in timers:
+            raise QuantmatrixError(f"turn {turn.seq}: unknown cell {turn.cell!r}; this job has {sorted(timers)}")
+        if not first_timed:
+            first_timed.append(time.time())
+        timers[turn.cell][2].slice(ctx.measure.slice_seconds, turn.round)
+        turns.finish(turn, [name for name, (_, _, t) in timers.items() if t.enough()])
+    turns.close()
+    for cell, inputs, timer in timers.values():
+        yield done(cell, inputs, timer.latency(probe_after or speed_probe_per_cpu_ms(), bandwidth_after))
+
+
+def _cell_inputs(ctx: RunContext, cell: CellPlan, opened: Opened, split: TestSplit) -> Inputs:
+    """The cell's timed batches, each checked for its output shape, before anything is timed."""
+    inputs = tokenise(
+        opened.tokenizer, split.texts, opened.names, cell.batch_size, cell.seq_mode, ctx.measure.padded_length,
+        max_batches=64,
+    )  # fmt: skip
+    for b in inputs.batches[:1]:
+        check_output(np.asarray(opened.session.predict(b)), cell.batch_size, len(split.labels))
+    ctx.log(
+        f"[time  ] {ctx.variant} on {ctx.runner.name}: batch {cell.batch_size}, {cell.seq_mode} (seq {inputs.seq_len})"
+    )
+    return inputs
+
+
+def _cell_result(
+    ctx: RunContext,
+    opened: Opened,
     manifest: Manifest,
     cold: ColdStart,
     first_timed: list[float],
@@ -187,26 +252,11 @@ def _timed_cell(
     peak: float | None,
     q_ref: Quality,
     scored: dict[str, Any],
+    cell: CellPlan,
+    inputs: Inputs,
+    lat: Latency,
 ) -> Result:
-    measure, session = ctx.measure, opened.session
-    inputs = tokenise(
-        opened.tokenizer, split.texts, opened.names, cell.batch_size, cell.seq_mode, measure.padded_length,
-        max_batches=64,
-    )  # fmt: skip
-    for b in inputs.batches[:1]:
-        check_output(np.asarray(session.predict(b)), cell.batch_size, len(split.labels))
-    ctx.log(
-        f"[time  ] {ctx.variant} on {ctx.runner.name}: batch {cell.batch_size}, {cell.seq_mode} (seq {inputs.seq_len})"
-    )
-    with timing_progress(f"timing b{cell.batch_size} {cell.seq_mode}", measure) as tick:
-        lat = time_predict(
-            session.predict,
-            inputs,
-            measure,
-            on_start=lambda: first_timed.append(time.time()),
-            lock=ctx.timing_lock(),
-            progress=tick,
-        )
+    session = opened.session
     launched = launched_at()
     if launched and len(first_timed) == 1:
         cold.launch_to_timed_ms = (first_timed[0] - launched) * 1e3
