@@ -17,6 +17,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -216,8 +217,11 @@ def bitsandbytes(tensorrt_installed: bool) -> Component:
     libs = sorted(root.glob("libbitsandbytes_cuda*.so"))
     if not libs:
         return Component("bitsandbytes", "failed", _version("bitsandbytes"), f"no libbitsandbytes_cuda*.so in {root}")
-    # One library per CUDA major version: check the newest (the one a CUDA 13 runtime picks).
-    return check_library("bitsandbytes", libs[-1], tensorrt_installed, _version("bitsandbytes"))
+    # One library per CUDA version: the one matching torch's CUDA build is what bitsandbytes loads.
+    torch = sys.modules.get("torch")
+    cuda = getattr(getattr(torch, "version", None), "cuda", None)
+    match = [p for p in libs if cuda and p.name == f"libbitsandbytes_cuda{cuda.replace('.', '')}.so"]
+    return check_library("bitsandbytes", (match or libs)[-1], tensorrt_installed, _version("bitsandbytes"))
 
 
 def _version(dist: str) -> str | None:
