@@ -216,7 +216,9 @@ class LoadWindow:
         if self.busy0 is None or busy1 is None or window <= 0:
             return None
         others = max(0.0, (busy1 - self.busy0) - (own1 - self.own0))
-        return Load(background_cores=round(others / window, 3), cores=len(self.cpus), window_s=round(window, 3))
+        # Tick rounding of the two clocks can read a little over the cores there are.
+        cores = min(others / window, float(len(self.cpus)))
+        return Load(background_cores=round(cores, 3), cores=len(self.cpus), window_s=round(window, 3))
 
 
 def wait_for_quiet(max_wait: float = QUIET_WAIT_S, sample: float = QUIET_SAMPLE_S) -> float:

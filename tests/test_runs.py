@@ -144,15 +144,20 @@ def test_bad_artefacts_give_one_failed_result_each_and_other_cells_go_on(work, d
     assert all(r.status == "ok" for r in _run(work, "onnx-fp32", "ort-cpu"))
 
 
-def test_rerun_resumes_only_missing_cells(work):
+def test_rerun_resumes_only_missing_and_disturbed_cells(work):
     first = _run(work, "onnx-fp32", "ort-cpu")
     files = sorted((work / "results" / "r").glob("tiny__onnx-fp32__ort-cpu__*"))
+    # Whether this (shared) machine disturbed the first run is not ours to choose: say which cells were.
+    for i, (path, r) in enumerate(zip(files, first, strict=True)):
+        assert r.latency is not None
+        r.latency.disturbed = i == 1
+        write_record(r, path)
     stamps = {p.name: p.stat().st_mtime_ns for p in files}
     files[0].unlink()
     second = _run(work, "onnx-fp32", "ort-cpu")
     assert len(second) == len(first) == 4
     changed = [p.name for p in files if p.stat().st_mtime_ns != stamps[p.name]]
-    assert changed == [files[0].name]
+    assert changed == [files[0].name, files[1].name]
 
 
 def test_bench_plan_interleaves_rounds_and_a_crash_or_oom_does_not_stop_the_run(work):
