@@ -20,7 +20,7 @@ from quantmatrix.records import Manifest
 @dataclass(frozen=True)
 class OpenVinoInt8LmParams:
     mode: Literal["int8_asym", "int8_sym"] = "int8_asym"
-    # Regular expressions over IR node names whose weights stay FP32.
+    # Regular expressions over IR node names whose weights stay FP32 (anchored at the start: re.match).
     ignored_scopes: tuple[str, ...] = ()
 
 
