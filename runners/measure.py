@@ -106,6 +106,7 @@ def time_predict(
     on_start: Callable[[], None] | None = None,
     lock: TimingLock | None = None,
     progress: Callable[[int, float], None] | None = None,
+    on_stop: Callable[[int], None] | None = None,
 ) -> Latency:
     """Warm up, then time calls until both `min_iterations` and `min_seconds` are reached.
 
@@ -114,7 +115,8 @@ def time_predict(
 
     Batches are cycled in a fixed order so every variant sees the same inputs (`timed_calls`).
     `on_start` is called just before the first timed call; `progress` after each timed call, outside
-    its sample, with (iterations so far, seconds since the first).
+    its sample, with (iterations so far, seconds since the first); `on_stop` right after the last timed
+    call, with the number of calls (before the probes, so a GPU energy window ends with the loop).
 
     With `lock`, everything from the first probe to the last is done holding the machine-wide timing
     turn: the warm-up and the probes load the machine as hard as the loop, so inside the turn they
@@ -145,6 +147,8 @@ def time_predict(
             progress,
         )
         timed_until = time.time()
+        if on_stop is not None:
+            on_stop(len(samples))
         load = window.stop()
         # Per CPU, the slower of before and after: the timed loop ran between them.
         probe = [max(a, b) for a, b in zip(probe_before, speed_probe_per_cpu_ms(), strict=True)]

@@ -15,8 +15,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from runners.backends.onnxruntime import create_session, provider_config
-from runners.backends.tensorrt import EngineTensor, ProfileRange, TensorrtSession
 
 from builders.tensorrt_engine import BuildLog, layer_precisions
 from quantmatrix.doctor import check_library, classify_missing
@@ -24,6 +22,8 @@ from quantmatrix.errors import QuantmatrixError
 from quantmatrix.gpu import DeviceCounters, energy_figures, probe_cuda
 from quantmatrix.records import GpuCounters, Result
 from runners import Skip
+from runners.backends.onnxruntime import create_session, provider_config
+from runners.backends.tensorrt import EngineTensor, ProfileRange, TensorrtSession
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -397,6 +397,7 @@ def test_doctor_on_a_gpu_host_sees_the_driver_torch_and_nvml(repo: Path) -> None
 @needs_gpu
 def test_torch_cuda_events_and_counters_on_a_real_gpu() -> None:
     import torch
+
     from runners.backends.torch import TorchSession
 
     class Tiny(torch.nn.Module):

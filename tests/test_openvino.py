@@ -278,9 +278,9 @@ def test_a_property_the_plugin_rejects_gives_failed_cells_with_its_reason(work):
 
 def test_plugin_config_and_error_cleaning():
     import openvino as ov
-    from runners.backends.openvino import OpenVinoParams, plugin_config
 
     from quantmatrix.openvino_model import clean_error
+    from runners.backends.openvino import OpenVinoParams, plugin_config
 
     config = plugin_config(OpenVinoParams(properties=("CPU_DENORMALS_OPTIMIZATION = YES",)), 2)
     assert config == {
@@ -298,9 +298,8 @@ def test_plugin_config_and_error_cleaning():
 
 
 def test_a_cuda_runner_is_skipped_not_faked(work):
-    from runners.backends.openvino import OpenVinoParams, load
-
     from runners import LoadRequest, Skip
+    from runners.backends.openvino import OpenVinoParams, load
 
     art = _artefact(work, "tiny", "openvino-fp32")
     manifest = read_record(Manifest, art / "manifest.json")

@@ -34,6 +34,7 @@ from quantmatrix.records import (
     DecoderArch,
     DeviceTiming,
     EncoderArch,
+    GpuCounters,
     Latency,
     Manifest,
     MixedPrecisionSearch,
@@ -180,16 +181,30 @@ def measure(ctx: RunContext, cells: list[CellPlan], manifest: Manifest, referenc
         return
     for cell in cells:
         inputs = _cell_inputs(ctx, cell, opened, split)
+        # CUDA sessions count GPU memory and energy over exactly the timed loop.
+        counters = opened.session.device_counters() if hasattr(opened.session, "device_counters") else None
+        gpu: dict[str, Any] = {}
+
+        def started(counters: Any = counters) -> None:
+            first_timed.append(time.time())
+            if counters is not None:
+                counters.start()
+
+        def stopped(calls: int, counters: Any = counters, gpu: dict[str, Any] = gpu) -> None:
+            if counters is not None:
+                gpu.update(counters.stop(calls))
+
         with timing_progress(f"timing b{cell.batch_size} {cell.seq_mode}", ctx.measure) as tick:
             lat = time_predict(
                 opened.session.predict,
                 inputs,
                 ctx.measure,
-                on_start=lambda: first_timed.append(time.time()),
+                on_start=started,
                 lock=ctx.timing_lock(),
                 progress=tick,
+                on_stop=stopped,
             )
-        yield done(cell, inputs, lat)
+        yield done(cell, inputs, lat, GpuCounters(device_name=fingerprint().gpu_name, **gpu) if gpu else None)
 
 
 def _interleaved(
@@ -199,7 +214,7 @@ def _interleaved(
     opened: Opened,
     split: TestSplit,
     first_timed: list[float],
-    done: Callable[[CellPlan, Inputs, Latency], Result],
+    done: Callable[[CellPlan, Inputs, Latency, GpuCounters | None], Result],
 ) -> Iterator[Result]:
     """Every cell warmed up, then timed a slice per turn the launcher grants (quantmatrix.turns)."""
     timers: dict[str, tuple[CellPlan, Inputs, SliceTimer]] = {}
@@ -225,7 +240,7 @@ def _interleaved(
         turns.finish(turn, [name for name, (_, _, t) in timers.items() if t.enough()])
     turns.close()
     for cell, inputs, timer in timers.values():
-        yield done(cell, inputs, timer.latency(probe_after or speed_probe_per_cpu_ms(), bandwidth_after))
+        yield done(cell, inputs, timer.latency(probe_after or speed_probe_per_cpu_ms(), bandwidth_after), None)
 
 
 def _cell_inputs(ctx: RunContext, cell: CellPlan, opened: Opened, split: TestSplit) -> Inputs:
@@ -255,6 +270,7 @@ def _cell_result(
     cell: CellPlan,
     inputs: Inputs,
     lat: Latency,
+    gpu: GpuCounters | None,
 ) -> Result:
     session = opened.session
     launched = launched_at()
@@ -281,6 +297,7 @@ def _cell_result(
         quality_eval="natural length, batch 32",
         reference_macro_f1=q_ref.macro_f1,
         timed_batches=len(inputs.batches),
+        gpu=gpu,
         **(scored or {"verdict": "n/a"}),
     )
     r.cell.seq_len = inputs.seq_len
