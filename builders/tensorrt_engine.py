@@ -150,7 +150,7 @@ class BuildLog:
 def trt_logger(trt: Any, log: BuildLog) -> Any:
     """A trt.ILogger forwarding to `log`; keep it referenced as long as any TensorRT object lives."""
 
-    class Logger(trt.ILogger):  # type: ignore[misc,name-defined]
+    class Logger(trt.ILogger):
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
 
@@ -326,7 +326,8 @@ def _build_engine(
     steps.append(f"build: {params.precision} engine in {time.perf_counter() - t0:.1f}s on {gpu_name}")
     runtime = trt.Runtime(logger)
     engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
-    io_in, io_out = [], []
+    io_in: list[TensorSpec] = []
+    io_out: list[TensorSpec] = []
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)
         spec = TensorSpec(

@@ -140,7 +140,7 @@ def ptq_vs_qat(loaded: Loaded, pass_ratio: float = 0.99) -> list[Comparison]:
         roles = {ROLES[r.build.builder] for _, r in items if r.build}
         if "QAT" not in roles:
             continue
-        rows = []
+        rows: list[dict[str, Any]] = []
         for i, r in items:
             assert r.build is not None and r.quality is not None
             p50, cell = _latency(loaded, machine, model, r.cell.variant, runner)

@@ -9,7 +9,7 @@ Data only: no HTML is built here (the templates escape everything they print).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,7 +95,7 @@ def page(slug: str, title: str) -> Callable[[Callable[[Context], dict[str, Any] 
     return register
 
 
-def _by_model_machine(table: pd.DataFrame):
+def _by_model_machine(table: pd.DataFrame) -> Iterator[tuple[str, str, pd.DataFrame]]:
     for (model, machine), rows in table.groupby(["model", "machine"], sort=True):
         yield str(model), str(machine), rows
 
@@ -157,9 +157,9 @@ def history_page(ctx: Context) -> dict[str, Any] | None:
                   for p in s.points]  # fmt: skip
         cells.append({"machine": machine, "model": model, "variant": variant, "runner": runner,
                       "config": f"batch {batch}, {seq}", "points": points, "steps": s.steps})  # fmt: skip
-    runs = len({p["row"].run_id for c in cells for p in c["points"]})
+    runs = len({p.row.run_id for s in series for p in s.points})
     return {"cells": cells, "runs": runs, "step_pct": STEP_PCT, "alpha": ALPHA,
-            "stepped": sum(c["steps"] > 0 for c in cells)}  # fmt: skip
+            "stepped": sum(s.steps > 0 for s in series)}  # fmt: skip
 
 
 @page("pareto", "Accuracy × latency")

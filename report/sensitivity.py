@@ -22,7 +22,7 @@ def sensitivity(records: list[tuple[AnalysisRecord, str]]) -> list[dict[str, Any
             continue
         r = record
         order = {unit: i for i, unit in enumerate(r.ranking)}
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "rank": order.get(t.unit, len(order)) + 1, "unit": t.unit, "nodes": len(t.nodes),
                 "macro_f1": t.macro_f1, "f1_drop": t.f1_drop, "agreement": t.agreement,

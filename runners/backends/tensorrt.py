@@ -141,7 +141,8 @@ def read_io_table(engine: Any, trt: Any) -> list[EngineTensor]:
     table = []
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)
-        mode = "input" if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else "output"
+        is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+        mode: Literal["input", "output"] = "input" if is_input else "output"
         dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name))).name
         table.append(EngineTensor(name, mode, dtype, tuple(engine.get_tensor_shape(name))))
     return table
@@ -272,7 +273,7 @@ class TensorrtSession:
     def allocated_bytes(self) -> int:
         """Device memory this session holds: its I/O buffers plus each context's activation memory."""
         buffers = sum(self._buffer_bytes)
-        per_context = getattr(self._engine, "device_memory_size_v2", None) or getattr(
+        per_context = getattr(self._engine, "device_memory_size_v2", 0) or getattr(
             self._engine, "device_memory_size", 0
         )
         return int(buffers + per_context * len(self._contexts))
