@@ -10,10 +10,14 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.progress import Progress
+
+if TYPE_CHECKING:
+    from builders import BuildContext, Input
+    from quantmatrix.data import Example, LabelledData
 
 
 def seed_all(seed: int) -> None:
@@ -24,6 +28,20 @@ def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def torch_reference(ctx: BuildContext, builder: str) -> Input:
+    """The FP32 reference a fine-tuning builder starts from; it must be a torch model to train on."""
+    ref = ctx.reference
+    if ref.manifest.format != "torch":
+        raise QuantmatrixError(f"{builder} fine-tunes a torch reference, got {ref.manifest.format!r}")
+    return ref
+
+
+def train_split(data: LabelledData, limit: int) -> list[Example]:
+    """The train split's first `limit` examples (0: all of them)."""
+    train = list(data.split("train"))
+    return train[:limit] if limit else train
 
 
 def shuffled_batches(n: int, size: int, rng: random.Random) -> list[list[int]]:
@@ -38,6 +56,30 @@ class Training:
     steps: int
     seconds: float
     losses: list[float]
+    examples: int
+    epochs: float
+    batch_size: int
+    learning_rate: float
+
+    @property
+    def final_loss(self) -> float:
+        """Mean loss of the last ten steps: one step's loss is too noisy to report."""
+        import numpy as np
+
+        return float(np.mean(self.losses[-10:]))
+
+    def step_line(self) -> str:
+        """The manifest's `train:` build step."""
+        return f"train: {self.steps} steps, batch {self.batch_size}, lr {self.learning_rate}, {self.seconds:.1f}s"
+
+    def metrics(self) -> dict[str, float]:
+        """The training cost every fine-tuning builder records in its manifest metrics."""
+        return {
+            "train_seconds": round(self.seconds, 2),
+            "train_examples": self.examples,
+            "train_steps": self.steps,
+            "train_epochs": self.epochs,
+        }
 
 
 def fine_tune(
@@ -78,4 +120,7 @@ def fine_tune(
                 losses.append(loss.item())
                 step += 1
                 progress.update(step)
-    return Training(steps=step, seconds=time.perf_counter() - t0, losses=losses)
+    return Training(
+        steps=step, seconds=time.perf_counter() - t0, losses=losses,
+        examples=examples, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+    )  # fmt: skip

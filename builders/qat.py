@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from builders import BuildContext, builder, link_tree
 from builders._onnx import (
     export_onnx,
@@ -25,8 +23,7 @@ from builders._onnx import (
     save_model,
     validation_check,
 )
-from builders._training import fine_tune, seed_all
-from quantmatrix.errors import QuantmatrixError
+from builders._training import fine_tune, seed_all, torch_reference, train_split
 from quantmatrix.metrics import quality
 from quantmatrix.records import Manifest
 
@@ -59,9 +56,7 @@ def build(ctx: BuildContext, params: QatParams) -> Manifest:
     from torchao.quantization.qat import IntxFakeQuantizeConfig, QATConfig
     from transformers import AutoModelForSequenceClassification
 
-    ref = ctx.reference
-    if ref.manifest.format != "torch":
-        raise QuantmatrixError(f"qat fine-tunes a torch reference, got {ref.manifest.format!r}")
+    ref = torch_reference(ctx, "qat")
     seed_all(params.seed)
     tokenizer = load_tokenizer(ref.path / (ref.manifest.tokenizer or "tokenizer"))
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -77,9 +72,7 @@ def build(ctx: BuildContext, params: QatParams) -> Manifest:
     quantize_(model, QATConfig(activation_config=activation, weight_config=weight, step="prepare"))
     steps.append("prepare: torchao QATConfig, int8 per-token activations + int8 per-channel weights (fake quant)")
 
-    train = list(ctx.data.split("train"))
-    if params.max_train_examples:
-        train = train[: params.max_train_examples]
+    train = train_split(ctx.data, params.max_train_examples)
     enc = tokenizer([e.text for e in train], truncation=True, max_length=ctx.model.max_length)
     y = torch.tensor([e.label for e in train])
 
@@ -93,9 +86,8 @@ def build(ctx: BuildContext, params: QatParams) -> Manifest:
         epochs=params.epochs, batch_size=params.batch_size, learning_rate=params.learning_rate, seed=params.seed,
         what="QAT fine-tune",
     )  # fmt: skip
-    step, losses, train_seconds = run.steps, run.losses, run.seconds
-    ctx.log(f"  QAT: {step} steps in {train_seconds:.0f}s, final loss {np.mean(losses[-10:]):.4f}")
-    steps.append(f"train: {step} steps, batch {params.batch_size}, lr {params.learning_rate}, {train_seconds:.1f}s")
+    ctx.log(f"  QAT: {run.steps} steps in {run.seconds:.0f}s, final loss {run.final_loss:.4f}")
+    steps.append(run.step_line())
 
     quantize_(model, QATConfig(step="convert"))
     model.eval()
@@ -131,10 +123,7 @@ def build(ctx: BuildContext, params: QatParams) -> Manifest:
         f"INT8 validation macro-F1 {f1_int8:.4f}"
     )
     metrics = check | {
-        "train_seconds": round(train_seconds, 2),
-        "train_examples": len(train),
-        "train_steps": step,
-        "train_epochs": params.epochs,
+        **run.metrics(),
         "validation_macro_f1_before": round(f1_before, 4),
         "validation_macro_f1_after_qat": round(f1_after, 4),
         "validation_macro_f1_int8": round(f1_int8, 4),

@@ -17,8 +17,7 @@ import numpy as np
 from builders import BuildContext, builder
 from builders._onnx import encode, graph_logits, load_tokenizer, reference_check
 from builders._recipe import LINK_STEP, link_reference, recipe_manifest
-from builders._training import fine_tune, seed_all
-from quantmatrix.errors import QuantmatrixError
+from builders._training import fine_tune, seed_all, torch_reference, train_split
 from quantmatrix.metrics import quality
 from quantmatrix.records import Manifest, Pt2eQatInt8Load
 from quantmatrix.torch_recipes import prepare_qat, rebuild
@@ -58,16 +57,12 @@ def build(ctx: BuildContext, params: QatPt2eParams) -> Manifest:
     from safetensors.torch import save_file
     from transformers import AutoModelForSequenceClassification
 
-    ref = ctx.reference
-    if ref.manifest.format != "torch":
-        raise QuantmatrixError(f"qat-pt2e fine-tunes a torch reference, got {ref.manifest.format!r}")
+    ref = torch_reference(ctx, "qat-pt2e")
     seed_all(params.seed)
     link_reference(ctx)
     tokenizer = load_tokenizer(ctx.out / "tokenizer")
     names = [t.name for t in ref.manifest.io_inputs]
-    train = list(ctx.data.split("train"))
-    if params.max_train_examples:
-        train = train[: params.max_train_examples]
+    train = train_split(ctx.data, params.max_train_examples)
     example = encode(tokenizer, [e.text for e in train[:2]], ctx.model.max_length)
     (ctx.out / "example.json").write_text(json.dumps([{k: example[k].tolist() for k in names}]), encoding="utf-8")
 
@@ -95,9 +90,8 @@ def build(ctx: BuildContext, params: QatPt2eParams) -> Manifest:
         epochs=params.epochs, batch_size=params.batch_size, learning_rate=params.learning_rate, seed=params.seed,
         what="QAT (PT2E) fine-tune",
     )  # fmt: skip
-    step, losses, train_seconds = run.steps, run.losses, run.seconds
-    ctx.log(f"  QAT (PT2E): {step} steps in {train_seconds:.0f}s, final loss {np.mean(losses[-10:]):.4f}")
-    steps.append(f"train: {step} steps, batch {params.batch_size}, lr {params.learning_rate}, {train_seconds:.1f}s")
+    ctx.log(f"  QAT (PT2E): {run.steps} steps in {run.seconds:.0f}s, final loss {run.final_loss:.4f}")
+    steps.append(run.step_line())
 
     set_dropout_training(prepared, False)
     state = {k: v.detach().contiguous().clone() for k, v in prepared.state_dict().items()}
@@ -118,11 +112,8 @@ def build(ctx: BuildContext, params: QatPt2eParams) -> Manifest:
     f1_int8 = quality([e.label for e in validation], predicted, ctx.data.labels).macro_f1
     manifest.metrics = {
         **check,
-        "train_seconds": round(train_seconds, 2),
-        "train_examples": len(train),
-        "train_steps": step,
-        "train_epochs": params.epochs,
-        "final_loss": round(float(np.mean(losses[-10:])), 4),
+        **run.metrics(),
+        "final_loss": round(run.final_loss, 4),
         "validation_macro_f1_int8": round(f1_int8, 4),
     }
     if "validation_macro_f1" in ref.manifest.metrics:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from builders import BuildContext, builder
-from builders._training import seed_all, shuffled_batches
+from builders._training import seed_all, shuffled_batches, train_split
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.metrics import quality
 from quantmatrix.progress import Progress
@@ -62,9 +62,7 @@ def build(ctx: BuildContext, params: ReferenceParams) -> Manifest:
     random_init = ctx.model.source.startswith("random:")
     steps.append(f"load {ctx.model.source}{' (random init)' if random_init else ''}")
 
-    train = list(data.split("train"))
-    if ft.max_train_examples:
-        train = train[: ft.max_train_examples]
+    train = train_split(data, ft.max_train_examples)
     if ft.method == "lora":
         from peft import LoraConfig, TaskType, get_peft_model
 
