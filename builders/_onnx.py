@@ -148,6 +148,21 @@ def reference_check(ctx: Any, logits_of: Callable[[list[str]], np.ndarray], exam
     }
 
 
+AGREEMENT = {"check_top1_agreement": "top-1 agreement", "check_token_agreement": "greedy token agreement"}
+
+
+def require_fp32_match(check: dict[str, float], atol: float, agreement: str, what: str) -> None:
+    """An FP32 export or conversion changes no prediction: every logit within `atol` of the reference's,
+    full `agreement` (a key of AGREEMENT), and the KV-cache path equal to the plain one where it was checked."""
+    if check["check_max_abs_logit_diff"] > atol or check[agreement] < 1.0:
+        raise QuantmatrixError(
+            f"{what} differs from the reference: max |Δlogit| {check['check_max_abs_logit_diff']:.2e} "
+            f"(atol {atol}), {AGREEMENT[agreement]} {check[agreement]:.3f}"
+        )
+    if check.get("check_cache_equal", 1.0) < 1.0:
+        raise QuantmatrixError(f"{what}: greedy tokens with the KV cache differ from those without it")
+
+
 def validation_check(ctx: Any, model_path: Path, tokenizer: Any, examples: int) -> dict[str, float]:
     """`reference_check` of the ONNX model at `model_path` (ONNX Runtime, CPU)."""
     return reference_check(ctx, lambda texts: ort_logits(model_path, tokenizer, texts, ctx.model.max_length), examples)

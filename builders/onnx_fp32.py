@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from builders import BuildContext, builder, link_tree
-from builders._onnx import export_onnx, load_tokenizer, onnx_manifest, validation_check
+from builders._onnx import export_onnx, load_tokenizer, onnx_manifest, require_fp32_match, validation_check
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.records import Manifest
 
@@ -33,11 +33,7 @@ def build(ctx: BuildContext, params: OnnxFp32Params) -> Manifest:
     link_tree(ref.path / (ref.manifest.tokenizer or "tokenizer"), ctx.out / "tokenizer")
     tokenizer = load_tokenizer(ctx.out / "tokenizer")
     check = validation_check(ctx, model_path, tokenizer, params.check_examples)
-    if check["check_max_abs_logit_diff"] > params.atol or check["check_top1_agreement"] < 1.0:
-        raise QuantmatrixError(
-            f"ONNX export differs from the reference: max |Δlogit| {check['check_max_abs_logit_diff']:.2e} "
-            f"(atol {params.atol}), top-1 agreement {check['check_top1_agreement']:.3f}"
-        )
+    require_fp32_match(check, params.atol, "check_top1_agreement", "ONNX export")
     steps.append(
         f"validate: {check['check_examples']} test examples vs reference, "
         f"max |Δlogit| {check['check_max_abs_logit_diff']:.2e}"

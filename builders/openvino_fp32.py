@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from builders import BuildContext, builder, link_tree
-from builders._onnx import load_tokenizer, reference_check
+from builders._onnx import load_tokenizer, reference_check, require_fp32_match
 from builders._openvino import ir_logits, ir_manifest
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.openvino_model import IR_FILE, convert_onnx
@@ -38,11 +38,7 @@ def build(ctx: BuildContext, params: OpenVinoFp32Params) -> Manifest:
     link_tree(src.path / (src.manifest.tokenizer or "tokenizer"), ctx.out / "tokenizer")
     tokenizer = load_tokenizer(ctx.out / "tokenizer")
     check = reference_check(ctx, ir_logits(xml, tokenizer, ctx.model.max_length), params.check_examples)
-    if check["check_max_abs_logit_diff"] > params.atol or check["check_top1_agreement"] < 1.0:
-        raise QuantmatrixError(
-            f"OpenVINO IR differs from the reference: max |Δlogit| {check['check_max_abs_logit_diff']:.2e} "
-            f"(atol {params.atol}), top-1 agreement {check['check_top1_agreement']:.3f}"
-        )
+    require_fp32_match(check, params.atol, "check_top1_agreement", "OpenVINO IR")
     steps.append(
         f"check: {check['check_examples']} test examples vs reference (CPU plugin, f32), "
         f"max |Δlogit| {check['check_max_abs_logit_diff']:.2e}"

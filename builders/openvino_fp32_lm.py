@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from builders import BuildContext, builder, link_tree
+from builders._onnx import require_fp32_match
 from builders._openvino import check_ir_lm, ir_manifest, lm_io
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.openvino_model import IR_FILE, convert_onnx
@@ -35,13 +36,7 @@ def build(ctx: BuildContext, params: OpenVinoFp32LmParams) -> Manifest:
     steps = [f"convert: ov.convert_model({src.file().name}) -> ov.save_model({IR_FILE}, compress_to_fp16=False)"]
     link_tree(src.path / (src.manifest.tokenizer or "tokenizer"), ctx.out / "tokenizer")
     check = check_ir_lm(xml, ctx.reference.path)
-    if check["check_max_abs_logit_diff"] > params.atol or check["check_token_agreement"] < 1.0:
-        raise QuantmatrixError(
-            f"OpenVINO IR differs from the reference: max |Δlogit| {check['check_max_abs_logit_diff']:.2e} "
-            f"(atol {params.atol}), greedy token agreement {check['check_token_agreement']:.3f}"
-        )
-    if check.get("check_cache_equal", 1.0) < 1.0:
-        raise QuantmatrixError("OpenVINO IR: greedy tokens with the KV cache differ from those without it")
+    require_fp32_match(check, params.atol, "check_token_agreement", "OpenVINO IR")
     modes = " with and without the cache" if "check_cache_equal" in check else ""
     steps.append(
         f"check: greedy tokens equal the reference's{modes}, "
