@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import os
-import pkgutil
 import shutil
 import tempfile
 import time
@@ -20,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quantmatrix.discovery import import_public_modules, require_home
 from quantmatrix.errors import ArtifactError
 from quantmatrix.hardware import fingerprint
 from quantmatrix.plan import REFERENCE, BuildJob, build_jobs
@@ -124,9 +123,7 @@ def builder(name: str, *, params: type, output_format: str, device: str = "cpu")
     """Register a build function under `name` (must match its module's file name)."""
 
     def wrap(fn: Callable[[BuildContext, Any], Manifest]) -> Callable[[BuildContext, Any], Manifest]:
-        module = fn.__module__.rsplit(".", 1)[-1]
-        if module.replace("_", "-") != name:
-            raise RuntimeError(f"builder {name!r} must live in builders/{name.replace('-', '_')}.py, not {module}")
+        require_home("builder", name, fn.__module__, __name__)
         _REGISTRY[name] = BuilderInfo(name=name, params=params, output_format=output_format, device=device, fn=fn)
         return fn
 
@@ -135,9 +132,7 @@ def builder(name: str, *, params: type, output_format: str, device: str = "cpu")
 
 def registry() -> Mapping[str, BuilderInfo]:
     """All builders, by importing every module in this package (cheap: heavy imports are lazy)."""
-    for mod in pkgutil.iter_modules(__path__):
-        if not mod.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{mod.name}")
+    import_public_modules(__name__, __path__)
     return dict(_REGISTRY)
 
 

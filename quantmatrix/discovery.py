@@ -15,3 +15,10 @@ def import_public_modules(package: str, path: Iterable[str]) -> list[ModuleType]
         for mod in pkgutil.iter_modules(list(path))
         if not mod.name.startswith("_")
     ]
+
+
+def require_home(what: str, name: str, module: str, package: str) -> None:
+    """A registered part named `name` lives in `<package>.<name with - as _>`: its file name is its registry key."""
+    home = f"{package}.{name.replace('-', '_')}"
+    if module != home:
+        raise RuntimeError(f"{what} {name!r} must live in {home.replace('.', '/')}.py, not {module}")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from quantmatrix.capabilities import Capabilities, Capability
-from quantmatrix.discovery import import_public_modules
+from quantmatrix.discovery import import_public_modules, require_home
 from quantmatrix.records import Manifest
 
 if TYPE_CHECKING:
@@ -93,8 +93,7 @@ def runner(
 
     def wrap(fn: Callable[[LoadRequest], Session]) -> Callable[[LoadRequest], Session]:
         module = fn.__module__
-        if module != f"{BACKENDS_PACKAGE}.{backend.replace('-', '_')}":
-            raise RuntimeError(f"runner {backend!r} must live in runners/backends/{backend.replace('-', '_')}.py")
+        require_home("runner", backend, module, BACKENDS_PACKAGE)
         _REGISTRY[backend] = RunnerInfo(
             backend=backend, params=params, formats=formats, devices=devices, capabilities=caps, load=fn,
             load_lm=load_lm, module=module,

@@ -9,8 +9,6 @@ is current, and turns any failure into a `failed` record with the reason.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -18,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quantmatrix.discovery import import_public_modules, require_home
 from quantmatrix.errors import ArtifactError, QuantmatrixError, RecordError
 from quantmatrix.hardware import fingerprint
 from quantmatrix.plan import REFERENCE, build_jobs
@@ -48,9 +47,7 @@ def analysis(
     """Register `run(ctx, params) -> record` for analysis `kind` (must match its module's file name)."""
 
     def wrap(fn: Callable[[AnalysisContext, Any], AnalysisRecord]) -> Callable[[AnalysisContext, Any], AnalysisRecord]:
-        module = fn.__module__.rsplit(".", 1)[-1]
-        if module != kind.replace("-", "_"):
-            raise RuntimeError(f"analysis {kind!r} must live in runners/analyses/{kind.replace('-', '_')}.py")
+        require_home("analysis", kind, fn.__module__, __name__)
         _REGISTRY[kind] = AnalysisInfo(kind=kind, params=params, record=record, check=check, run=fn)
         return fn
 
@@ -59,9 +56,7 @@ def analysis(
 
 def registry() -> Mapping[str, AnalysisInfo]:
     """All analysis kinds, by importing every module in this package (their heavy imports are lazy)."""
-    for mod in pkgutil.iter_modules(__path__):
-        if not mod.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{mod.name}")
+    import_public_modules(__name__, __path__)
     return dict(_REGISTRY)
 
 
