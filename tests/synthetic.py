@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from quantmatrix.capabilities import Capability
 from quantmatrix.metrics import percentile_summary
 from quantmatrix.records import Agreement, Cell, Fingerprint, Latency, Quality, Result, write_record
 
@@ -52,6 +53,7 @@ def result(
             batch_size=batch_size,
             seq_mode="padded",
         ),
+        capabilities=_capabilities(BACKEND.get(runner, runner)),
         status="ok",
         verdict="reference" if variant == "reference" else verdict,  # type: ignore[arg-type]
         fingerprint=fp,
@@ -63,6 +65,15 @@ def result(
         started=f"2026-12-01T10:{seed % 60:02d}:00",
         finished=f"2026-12-01T10:{seed % 60:02d}:30",
     )
+
+
+def _capabilities(backend: str) -> list[Capability]:
+    """What the real backends declare (runners/backends/), for synthetic cells of those backends."""
+    if backend == "null":
+        return [Capability.MEASURES_OVERHEAD]
+    if backend == "torch":
+        return [Capability.SCORES_QUALITY, Capability.FP32_BASELINE, Capability.GENERATES]
+    return [Capability.SCORES_QUALITY, Capability.GENERATES]
 
 
 def write_run(root: Path, results: list[Result]) -> Path:
