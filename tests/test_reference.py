@@ -57,7 +57,7 @@ def _build(tmp_path, capsys, *extra: str) -> str:
 def test_reference_artifact_manifest_and_reuse(tmp_path, capsys):
     out = _build(tmp_path, capsys)
     assert "test macro-F1 " in out
-    (art,) = (tmp_path / "artifacts").iterdir()
+    (art,) = [p for p in (tmp_path / "artifacts").iterdir() if not p.name.startswith(".")]
     manifest = read_record(Manifest, art / "manifest.json")
     assert manifest.status == "ok" and manifest.builder == "reference" and manifest.random_init
     assert manifest.id2label["7"] == "security" and len(manifest.id2label) == 9
@@ -86,7 +86,7 @@ def test_reference_artifact_manifest_and_reuse(tmp_path, capsys):
 
 def test_reference_rebuilds_when_a_file_is_corrupted(tmp_path, capsys):
     _build(tmp_path, capsys)
-    (art,) = (tmp_path / "artifacts").iterdir()
+    (art,) = [p for p in (tmp_path / "artifacts").iterdir() if not p.name.startswith(".")]
     weights = art / "model" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-16])
     capsys.readouterr()
