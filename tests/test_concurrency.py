@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from bench import Job, Launcher, Plan, build_record, execute
+from quantmatrix.capabilities import Capability
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.machine_lock import (
     DISTURBED_SHARE,
@@ -311,6 +312,9 @@ def _cells(int8_disturbed: bool, baseline_disturbed: bool):
         r.cell = r.cell.model_copy(
             update={"variant": variant, "runner": runner, "backend": backend, "precision": precision}
         )
+        # What the backends declare: the eager torch reference is the FP32 baseline of speed-ups.
+        baseline = [Capability.FP32_BASELINE] if backend == "torch" else []
+        r.capabilities = [Capability.SCORES_QUALITY, *baseline]
         assert r.latency is not None
         r.latency = r.latency.model_copy(update={"p50": p50, "disturbed": disturbed})
         return r

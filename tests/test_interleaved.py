@@ -25,8 +25,8 @@ batch_sizes = [1, 4]
 seq_modes = ["padded"]
 padded_length = 32
 warmup = 1
-min_iterations = 3
-min_seconds = 0.4
+min_iterations = 30
+min_seconds = 0.6
 slice_seconds = 0.03
 eval_examples = 200
 """
