@@ -29,6 +29,8 @@ RUN apt-get update \
 FROM python AS pycuda
 ARG PYCUDA_VERSION=2026.1
 COPY containers/make_libcuda_stub.py /tmp/make_libcuda_stub.py
+# The one pipe (readelf | tee | grep -q) fails through grep when readelf fails: no pipefail needed.
+# hadolint ignore=DL4006
 RUN --mount=type=secret,id=ca \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
     && python3 -m venv /opt/build \
@@ -64,6 +66,8 @@ RUN apt-get update \
 COPY --from=build /opt/venv /opt/venv
 # The nvidia-* (and tensorrt_libs) wheels' libraries on the loader path: pycuda's extension, ONNX
 # Runtime's provider libraries and bitsandbytes' CUDA library dlopen them with no rpath into site-packages.
+# find's errors (a directory absent without TensorRT) are expected; an empty list fails ldconfig's check below.
+# hadolint ignore=DL4006
 RUN find /opt/venv/lib/python3*/site-packages/nvidia /opt/venv/lib/python3*/site-packages/tensorrt_libs \
         -name 'lib*.so*' -printf '%h\n' 2>/dev/null | sort -u > /etc/ld.so.conf.d/quantmatrix-nvidia-wheels.conf \
     && ldconfig && test -s /etc/ld.so.conf.d/quantmatrix-nvidia-wheels.conf
