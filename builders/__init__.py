@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from quantmatrix.discovery import import_public_modules, require_home
-from quantmatrix.errors import ArtifactError
+from quantmatrix.errors import ArtifactError, QuantmatrixError
 from quantmatrix.hardware import fingerprint
 from quantmatrix.plan import REFERENCE, BuildJob, build_jobs
 from quantmatrix.records import Manifest
@@ -49,6 +49,12 @@ class Input:
         if rel is None:
             raise ArtifactError(f"artefact {self.manifest.key}: manifest names no entry file")
         return self.path / rel
+
+    def require(self, what: str, *, format: str, task: str | None = None) -> None:
+        """Fail the build unless this input is a `format` artefact (of `task`); `what` says what the builder does."""
+        m = self.manifest
+        if m.format != format or (task is not None and m.task != task):
+            raise QuantmatrixError(f"{what}; source {m.key} is {m.format} {m.task}")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from builders import BuildContext, builder, link_tree
 from builders._onnx import load_tokenizer, reference_check, require_fp32_match
 from builders._openvino import ir_logits, ir_manifest
-from quantmatrix.errors import QuantmatrixError
 from quantmatrix.openvino_model import IR_FILE, convert_onnx
 from quantmatrix.records import Manifest
 
@@ -27,11 +26,7 @@ class OpenVinoFp32Params:
 @builder("openvino-fp32", params=OpenVinoFp32Params, output_format="openvino")
 def build(ctx: BuildContext, params: OpenVinoFp32Params) -> Manifest:
     src = ctx.source
-    if src.manifest.format != "onnx" or src.manifest.task != "text-classification":
-        raise QuantmatrixError(
-            f"openvino-fp32 converts a classifier's ONNX export; source {src.manifest.key} is "
-            f"{src.manifest.format} {src.manifest.task}"
-        )
+    src.require("openvino-fp32 converts a classifier's ONNX export", format="onnx", task="text-classification")
     xml = ctx.out / IR_FILE
     convert_onnx(src.file(), xml)
     steps = [f"convert: ov.convert_model({src.file().name}) -> ov.save_model({IR_FILE}, compress_to_fp16=False)"]

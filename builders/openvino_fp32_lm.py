@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from builders import BuildContext, builder, link_tree
 from builders._onnx import require_fp32_match
 from builders._openvino import check_ir_lm, ir_manifest, lm_io
-from quantmatrix.errors import QuantmatrixError
 from quantmatrix.openvino_model import IR_FILE, convert_onnx
 from quantmatrix.records import Manifest
 
@@ -26,11 +25,7 @@ class OpenVinoFp32LmParams:
 @builder("openvino-fp32-lm", params=OpenVinoFp32LmParams, output_format="openvino")
 def build(ctx: BuildContext, params: OpenVinoFp32LmParams) -> Manifest:
     src = ctx.source
-    if src.manifest.format != "onnx" or src.manifest.task != "text-generation":
-        raise QuantmatrixError(
-            f"openvino-fp32-lm converts a causal-LM ONNX export; source {src.manifest.key} is "
-            f"{src.manifest.format} {src.manifest.task}"
-        )
+    src.require("openvino-fp32-lm converts a causal-LM ONNX export", format="onnx", task="text-generation")
     xml = ctx.out / IR_FILE
     model = convert_onnx(src.file(), xml)
     steps = [f"convert: ov.convert_model({src.file().name}) -> ov.save_model({IR_FILE}, compress_to_fp16=False)"]

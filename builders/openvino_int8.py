@@ -37,10 +37,7 @@ def build(ctx: BuildContext, params: OpenVinoInt8Params) -> Manifest:
     import nncf
 
     src = ctx.source
-    if src.manifest.format != "openvino":
-        raise QuantmatrixError(
-            f"openvino-int8 quantises an OpenVINO IR; source {src.manifest.key} is {src.manifest.format}"
-        )
+    src.require("openvino-int8 quantises an OpenVINO IR", format="openvino")
     if params.subset_size < 1:
         raise QuantmatrixError(f"openvino-int8: subset_size must be at least 1, got {params.subset_size}")
     model = read_model(src.file())

@@ -29,11 +29,7 @@ def build(ctx: BuildContext, params: OpenVinoInt8LmParams) -> Manifest:
     import nncf
 
     src = ctx.source
-    if src.manifest.format != "openvino" or src.manifest.task != "text-generation":
-        raise QuantmatrixError(
-            f"openvino-int8-lm compresses a causal-LM OpenVINO IR; source {src.manifest.key} is "
-            f"{src.manifest.format} {src.manifest.task}"
-        )
+    src.require("openvino-int8-lm compresses a causal-LM OpenVINO IR", format="openvino", task="text-generation")
     model = read_model(src.file())
     scope = nncf.IgnoredScope(patterns=list(params.ignored_scopes)) if params.ignored_scopes else None
     mode = nncf.CompressWeightsMode.INT8_ASYM if params.mode == "int8_asym" else nncf.CompressWeightsMode.INT8_SYM

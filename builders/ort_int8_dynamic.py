@@ -60,10 +60,7 @@ def build(ctx: BuildContext, params: OrtInt8DynamicParams) -> Manifest:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     src = ctx.source
-    if src.manifest.format != "onnx":
-        raise QuantmatrixError(
-            f"ort-int8-dynamic quantises an ONNX model; source {src.manifest.key} is {src.manifest.format}"
-        )
+    src.require("ort-int8-dynamic quantises an ONNX model", format="onnx")
     steps: list[str] = []
     extra: dict[str, Any] = {"quantizer": "onnxruntime.quantization.quantize_dynamic"}
     with tempfile.TemporaryDirectory(dir=ctx.out.parent) as tmp:

@@ -16,7 +16,6 @@ from typing import Any, Literal
 from builders import BuildContext, builder, link_tree
 from builders._onnx import onnx_manifest, save_model
 from builders._onnx_lm import check_lm, lm_head_path, lm_io, materialise_lm_head
-from quantmatrix.errors import QuantmatrixError
 from quantmatrix.records import Manifest
 
 
@@ -37,10 +36,7 @@ def build(ctx: BuildContext, params: OrtInt8DynamicLmParams) -> Manifest:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     src = ctx.source
-    if src.manifest.format != "onnx" or src.manifest.task != "text-generation":
-        raise QuantmatrixError(
-            f"ort-int8-dynamic-lm quantises a causal-LM ONNX export; source {src.manifest.key} is not one"
-        )
+    src.require("ort-int8-dynamic-lm quantises a causal-LM ONNX export", format="onnx", task="text-generation")
     steps: list[str] = []
     extra: dict[str, Any] = {"quantizer": "onnxruntime.quantization.quantize_dynamic"}
     model_path = ctx.out / "model.onnx"

@@ -68,10 +68,7 @@ def build(ctx: BuildContext, params: OrtInt8StaticParams) -> Manifest:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     src = ctx.source
-    if src.manifest.format != "onnx":
-        raise QuantmatrixError(
-            f"ort-int8-static quantises an ONNX model; source {src.manifest.key} is {src.manifest.format}"
-        )
+    src.require("ort-int8-static quantises an ONNX model", format="onnx")
     tokenizer = load_tokenizer(src.path / (src.manifest.tokenizer or "tokenizer"))
     calibration = [e.text for e in ctx.data.split("calibration")[: params.calibration_examples]]
     if not calibration:

@@ -195,10 +195,7 @@ def layer_precisions(info: str) -> tuple[dict[str, int], int]:
 @builder("tensorrt-engine", params=TensorrtEngineParams, output_format="tensorrt", device="cuda")
 def build(ctx: BuildContext, params: TensorrtEngineParams) -> Manifest:
     src = ctx.source
-    if src.manifest.format != "onnx":
-        raise QuantmatrixError(
-            f"tensorrt-engine builds from an ONNX model; source {src.manifest.key} is {src.manifest.format}"
-        )
+    src.require("tensorrt-engine builds from an ONNX model", format="onnx")
     if params.precision == "int8" and (problems := qdq_problems(src.file())):
         raise QuantmatrixError(
             f"source {src.manifest.variant} is not a TensorRT-ready QDQ model: {'; '.join(problems)} "

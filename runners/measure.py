@@ -11,6 +11,7 @@ import gc
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -150,18 +151,14 @@ def time_predict(
         if on_stop is not None:
             on_stop(len(samples))
         load = window.stop()
-        # Per CPU, the slower of before and after: the timed loop ran between them.
-        probe = [max(a, b) for a, b in zip(probe_before, speed_probe_per_cpu_ms(), strict=True)]
-        bandwidth = [b for b in (bandwidth_before, memory_bandwidth_forked_gbs()) if b is not None]
+        around = machine_around(probe_before, speed_probe_per_cpu_ms(), bandwidth_before, memory_bandwidth_forked_gbs())
     s = percentile_summary(samples)
     return Latency(
         samples=[round(x, 5) for x in samples],
         iterations=len(samples),
         warmup=spec.warmup,
         background_cores=load.background_cores if load else None,
-        probe_ms=max(probe),
-        probe_cpus_ms=probe,
-        bandwidth_gbs=bandwidth if len(bandwidth) == 2 else None,
+        **around,
         lock_wait_s=held.lock_wait_s if held else None,
         quiet_wait_s=held.quiet_wait_s if held else None,
         timed_from=timed_from,
@@ -171,6 +168,16 @@ def time_predict(
         disturbed=load.disturbed if load else None,
         **s,
     )
+
+
+def machine_around(
+    probe_before: list[float], probe_after: list[float], bandwidth_before: float | None, bandwidth_after: float | None
+) -> dict[str, Any]:
+    """Latency's probe fields from the probes before and after the timed calls: per CPU the slower of the
+    two (the calls ran between them), and both bandwidth readings when both were taken."""
+    probe = [max(a, b) for a, b in zip(probe_before, probe_after, strict=True)]
+    bandwidth = [b for b in (bandwidth_before, bandwidth_after) if b is not None]
+    return {"probe_ms": max(probe), "probe_cpus_ms": probe, "bandwidth_gbs": bandwidth if len(bandwidth) == 2 else None}
 
 
 class SliceTimer:
@@ -229,8 +236,7 @@ class SliceTimer:
         if not self.samples:
             raise QuantmatrixError("interleaved timing: this cell was never given a turn")
         before = self._probe_before or probe_after
-        probe = [max(a, b) for a, b in zip(before, probe_after, strict=True)]
-        bandwidth = [b for b in (self._bandwidth_before, bandwidth_after) if b is not None]
+        around = machine_around(before, probe_after, self._bandwidth_before, bandwidth_after)
         # /proc/stat's 10 ms ticks are coarse for one 0.1 s slice; summed over all slices they resolve.
         load = None
         if self._load_s > 0:
@@ -241,9 +247,7 @@ class SliceTimer:
             iterations=len(self.samples),
             warmup=self.spec.warmup,
             background_cores=load.background_cores if load else None,
-            probe_ms=max(probe),
-            probe_cpus_ms=probe,
-            bandwidth_gbs=bandwidth if len(bandwidth) == 2 else None,
+            **around,
             timed_from=self.slices[0].started,
             timed_until=self.slices[-1].started + sum(self.samples[self.slices[-1].first :]) / 1e3,
             load_window_s=load.window_s if load else None,
