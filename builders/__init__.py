@@ -24,7 +24,7 @@ from quantmatrix.hardware import fingerprint
 from quantmatrix.plan import REFERENCE, BuildJob, build_jobs
 from quantmatrix.records import Manifest
 from quantmatrix.spec import Matrix, ModelSpec, VariantSpec, parse_params
-from quantmatrix.store import Store, now_iso
+from quantmatrix.store import SCRATCH_PREFIX, Store, now_iso
 
 
 def link_tree(src: Path, dst: Path) -> None:
@@ -166,7 +166,9 @@ def run_job(
         t0 = time.perf_counter()
         # Some tools (ORT's shape inference and quantiser) drop temp files into the working
         # directory; give them a scratch one so nothing leaks into the user's checkout.
-        with tempfile.TemporaryDirectory(prefix=".scratch-", dir=out.parent) as scratch, contextlib.chdir(scratch):
+        # Named after the key, so a killed build's scratch is removed with its temp directory (clean_partials).
+        scratch_dir = tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{job.key}-", dir=out.parent)
+        with scratch_dir as scratch, contextlib.chdir(scratch):
             manifest = info.fn(ctx, params)
         manifest.build_seconds = round(time.perf_counter() - t0, 3)
         return manifest

@@ -251,6 +251,15 @@ class RunnerSpec:
         Mapping[str, Any],
         Key("the backend's params dataclass, e.g. torch `{ compile = true }` (docs/variants.md)"),
     ] = field(default_factory=dict)
+    inject_busy: Annotated[
+        float,
+        Key(
+            "harness self-check only: after every timed call, spin for this share of the call's own time "
+            "(0.15: a known 15% slowdown, to check that `compare` and its gate catch it); recorded in the "
+            "result's runner options",
+            check=at_least(0),
+        ),
+    ] = 0.0
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from quantmatrix.records import FileEntry, Manifest, read_record, write_record
 
 MANIFEST = "manifest.json"
 TMP_PREFIX = ".tmp-"
+SCRATCH_PREFIX = ".scratch-"  # a build's working directory, beside its temp directory: .scratch-<key>-<random>
 
 
 def now_iso() -> str:
@@ -203,7 +204,7 @@ class Store:
             return None
 
     def clean_partials(self) -> list[Path]:
-        """Remove temp directories of builds whose owner is gone; return what was removed.
+        """Remove temp and scratch directories of builds whose owner is gone; return what was removed.
 
         A build holds its key's lock for as long as its temp directory exists, so a directory whose
         key's lock can be taken belongs to a process that died (killed, crashed, out of memory); one
@@ -212,8 +213,9 @@ class Store:
         removed: list[Path] = []
         if not self.root.is_dir():
             return removed
-        for p in sorted(self.root.glob(f"{TMP_PREFIX}*")):
-            key = p.name[len(TMP_PREFIX) :].rpartition("-")[0]
+        leftovers = [(p, prefix) for prefix in (TMP_PREFIX, SCRATCH_PREFIX) for p in self.root.glob(f"{prefix}*")]
+        for p, prefix in sorted(leftovers):
+            key = p.name[len(prefix) :].rpartition("-")[0]
             lock = self.build_lock(key)
             if not key or not lock.try_acquire():
                 continue

@@ -100,6 +100,26 @@ def timed_calls(
             gc.enable()
 
 
+def with_busy_work(predict: Callable[[Batch], object], share: float) -> Callable[[Batch], object]:
+    """`predict`, then a busy spin for `share` of that call's own time: a known slowdown (RunnerSpec.inject_busy).
+
+    The spin scales with each call, so the cell is `1 + share` times slower whatever the machine does
+    meanwhile; `share` 0 returns `predict` itself.
+    """
+    if share <= 0:
+        return predict
+
+    def slowed(batch: Batch) -> object:
+        t0 = time.perf_counter_ns()
+        out = predict(batch)
+        until = time.perf_counter_ns() + (time.perf_counter_ns() - t0) * share
+        while time.perf_counter_ns() < until:
+            pass
+        return out
+
+    return slowed
+
+
 def time_predict(
     predict: Callable[[Batch], object],
     inputs: Inputs,

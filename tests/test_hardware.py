@@ -38,7 +38,7 @@ def test_noise_probe_reports_a_line_a_second_and_how_far_each_series_moved(capsy
     lines: list[str] = []
     t0 = time.perf_counter()
     moved = machine_noise(2, log=lines.append)
-    assert 1.9 < time.perf_counter() - t0 < 4.0  # about a second per sample
+    assert time.perf_counter() - t0 >= 1.9  # a second per sample, each padded to its second (no upper bound: busy CI)
     assert [ln.split()[0] for ln in lines] == ["1s", "2s"] and all("GB/s" in ln for ln in lines)
     assert set(moved) == {"bandwidth_spread", "probe_spread"} and all(v >= 1.0 for v in moved.values())
     assert main(["noise", "--seconds", "1"]) == 2

@@ -82,9 +82,11 @@ def test_crash_inside_builder_leaves_nothing(tmp_path):
     assert not (tmp_path / "k1").exists() and not list(tmp_path.glob(".tmp-*"))
 
 
-def test_leftover_temp_dirs_are_cleaned(tmp_path):
+def test_leftover_temp_and_scratch_dirs_are_cleaned(tmp_path):
+    """A killed build leaves its temp directory and its scratch working directory; both go, by key."""
     (tmp_path / ".tmp-k1-123").mkdir(parents=True)
-    assert Store(tmp_path).clean_partials() == [tmp_path / ".tmp-k1-123"]
+    (tmp_path / ".scratch-k1-ab_c9").mkdir(parents=True)
+    assert Store(tmp_path).clean_partials() == [tmp_path / ".scratch-k1-ab_c9", tmp_path / ".tmp-k1-123"]
 
 
 def test_manifest_without_files_dir_is_missing(tmp_path):

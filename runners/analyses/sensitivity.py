@@ -50,11 +50,12 @@ def check(
     if len(spec.runners) != 1:
         return "runners", 'a sensitivity scan takes exactly one runner, e.g. runners = ["ort-cpu"]'
     runner = runners[spec.runners[0]]
-    if runner.backend != "onnxruntime":
+    info = registry().get(runner.backend)
+    if info is not None and "onnx" not in info.formats:
         return (
             "runners[0]",
-            f"runner {runner.name!r} has backend {runner.backend!r}; the scan quantises with ONNX Runtime "
-            "and needs an onnxruntime runner",
+            f"runner {runner.name!r} has backend {runner.backend!r}, which loads {'/'.join(info.formats)}; the "
+            "scan writes ONNX files (quantised with ONNX Runtime's quantizer) and needs a backend that loads onnx",
         )
     return None
 

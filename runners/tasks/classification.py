@@ -53,7 +53,16 @@ from runners.guard import (
     check_labels,
     check_output,
 )
-from runners.measure import Inputs, SliceTimer, encoder_ops, predict_all, time_predict, tokenise, verdict
+from runners.measure import (
+    Inputs,
+    SliceTimer,
+    encoder_ops,
+    predict_all,
+    time_predict,
+    tokenise,
+    verdict,
+    with_busy_work,
+)
 from runners.tasks import CellPlan, RunContext, cold_start, scenario
 
 GUARD_SAMPLE = 64
@@ -196,7 +205,7 @@ def measure(ctx: RunContext, cells: list[CellPlan], manifest: Manifest, referenc
 
         with timing_progress(f"timing b{cell.batch_size} {cell.seq_mode}", ctx.measure) as tick:
             lat = time_predict(
-                opened.session.predict,
+                with_busy_work(opened.session.predict, ctx.runner.inject_busy),
                 inputs,
                 ctx.measure,
                 on_start=started,
@@ -220,7 +229,7 @@ def _interleaved(
     timers: dict[str, tuple[CellPlan, Inputs, SliceTimer]] = {}
     for cell in cells:
         inputs = _cell_inputs(ctx, cell, opened, split)
-        timer = SliceTimer(opened.session.predict, inputs, ctx.measure)
+        timer = SliceTimer(with_busy_work(opened.session.predict, ctx.runner.inject_busy), inputs, ctx.measure)
         timer.warm_up()
         timers[f"b{cell.batch_size}-{cell.seq_mode}"] = (cell, inputs, timer)
     ctx.log(f"[turns ] {ctx.variant} on {ctx.runner.name}: ready with {len(timers)} cells, waiting for turns")
@@ -289,7 +298,11 @@ def _cell_result(
         ops_per_call=ops,
         achieved_ops_per_s=ops / (lat.p50 / 1e3) if ops else None,
         peak_ops_per_s=peak,
-        runner_options={**session.options(), "threads": ctx.threads},
+        runner_options={
+            **session.options(),
+            "threads": ctx.threads,
+            **({"inject_busy": ctx.runner.inject_busy} if ctx.runner.inject_busy else {}),
+        },
         build=build_summary(manifest),
         mixed_precision=mixed_precision_of(manifest),
         device_timing=_device_timing(session, lat),
