@@ -20,7 +20,8 @@ from pathlib import Path
 
 from bench import Console, Job, JobOutput, Launcher, exit_reason, failure_line, stream
 from quantmatrix.errors import QuantmatrixError
-from quantmatrix.hardware import LAUNCHED_AT_ENV
+from quantmatrix.hardware import LAUNCHED_AT_ENV, git_commit_date
+from quantmatrix.hardware import git_commit as checkout_commit
 from quantmatrix.progress import ProgressEvent, eta_seconds, format_duration
 from quantmatrix.spec import Matrix
 
@@ -259,6 +260,16 @@ class DockerLauncher(Launcher):
     IMAGE_UID = 10001
 
     def __post_init__(self) -> None:
+        # The checkout's commit, its date and whether it is dirty, passed at `docker run`: an image is
+        # reused across commits that leave its content alone, so what it baked in at build time can be stale.
+        commit, dirty = checkout_commit()
+        self.provenance: list[str] = []
+        if commit:
+            self.provenance += ["-e", f"QUANTMATRIX_GIT_COMMIT={commit}"]
+            if date := git_commit_date(commit):
+                self.provenance += ["-e", f"QUANTMATRIX_GIT_COMMIT_DATE={date}"]
+            if dirty is not None:
+                self.provenance += ["-e", f"QUANTMATRIX_GIT_DIRTY={int(dirty)}"]
         for d in (self.artifacts, self.results):
             d.mkdir(parents=True, exist_ok=True)
             if os.getuid() == 0:  # let the image's user write there (root on the host still can)
@@ -298,6 +309,7 @@ class DockerLauncher(Launcher):
             "-v", f"{self.results}:{self.RESULTS}",
             "-e", "QUANTMATRIX_RUNTIME=docker", "-e", f"QUANTMATRIX_IMAGE={self.image}", "-e", "PYTHONUNBUFFERED=1",
             "-e", f"{LAUNCHED_AT_ENV}={time.time()!r}",
+            *self.provenance,
         ]  # fmt: skip
         if self.cpuset:
             cmd += ["--cpuset-cpus", self.cpuset]

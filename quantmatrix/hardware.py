@@ -146,10 +146,11 @@ def package_versions(names: tuple[str, ...] = KEY_PACKAGES) -> dict[str, str]:
 
 
 def git_commit(root: Path = REPO_ROOT) -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the checkout, or the commit baked into an image via QUANTMATRIX_GIT_COMMIT."""
+    """(commit, dirty) of the checkout, or as a container is told (QUANTMATRIX_GIT_COMMIT, QUANTMATRIX_GIT_DIRTY)."""
     baked = os.environ.get("QUANTMATRIX_GIT_COMMIT")
     if baked:
-        return baked, None
+        dirty = os.environ.get("QUANTMATRIX_GIT_DIRTY")
+        return baked, None if dirty is None else dirty == "1"
     if not shutil.which("git"):
         return None, None
     try:

@@ -324,7 +324,7 @@ def generation(ctx: Context) -> dict[str, Any] | None:
             "model": model, "machine": machine, "rows": entries, "random_init": bool(rows["random_init"].any()),
             "setup": first, "tokenizer": first.tokenizer if first else "",
         })  # fmt: skip
-    return {"sections": sections} if sections else None
+    return {"sections": sections, "disturbed_share": f"{DISTURBED_SHARE:.0%}"} if sections else None
 
 
 @page("analyses", "Analyses")

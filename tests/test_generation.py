@@ -303,8 +303,15 @@ def test_report_has_a_generation_page(work, tmp_path):
     _run(work, "reference", "torch-eager")
     _run(work, "lm-int8", "ort-cpu")
     _run(work, "lm-onnx", "ort-cpu")
+    # One cell timed while other work took the machine: marked on the page like any disturbed cell.
+    path = work / "results" / "r" / "tiny-lm__lm-int8__ort-cpu__b1__kv-cache.json"
+    r = read_record(Result, path)
+    decode = r.latency.model_copy(update={"disturbed": True, "background_cores": 1.5})
+    write_record(r.model_copy(update={"latency": decode, "generation": r.generation.model_copy(
+        update={"decode": decode})}), path)  # fmt: skip
     index = render([work / "results"], tmp_path / "site", fallbacks=False, log=lambda _: None)
     html = (index.parent / "generation.html").read_text()
     assert "random-init weights: agreement with FP32 only" in html and "not GPT-2&#39;s tokenizer" in html
     assert "decode p50 ms/token" in html and "lm-int8" in html and "skipped: graph exported without past" in html
     assert 'href="generation.html"' in index.read_text()
+    assert html.count('class="warn disturbed"') == 1 and "more than 25% of the usable cores" in html

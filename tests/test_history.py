@@ -114,3 +114,28 @@ def test_overview_table_fits_a_1366_px_screen(tmp_path):
     assert m, proc.stderr[-1500:]
     scroll, right = int(m.group(1)), float(m.group(2))
     assert scroll <= 1366 and right <= 1366, f"page {scroll}px, table right edge {right}px"
+
+
+def test_containers_are_told_the_checkouts_commit_and_date_at_run_time(tmp_path, monkeypatch):
+    """An image is reused across commits that leave its content alone: the commit a result names comes
+    from the checkout at `docker run`, not from what the image baked in when it was built."""
+    from bench import Job
+    from bench.docker import DockerLauncher
+    from quantmatrix.hardware import git_commit, git_commit_date
+
+    commit, dirty = git_commit()
+    if commit is None:
+        pytest.skip("not a git checkout")
+    launcher = DockerLauncher(
+        image="img", matrix=tmp_path / "matrix.toml", artifacts=tmp_path / "a", results=tmp_path / "r"
+    )
+    cmd = launcher.command(Job(kind="run", name="r", argv=["-m", "runners"]), "c")
+    env = {cmd[i + 1].partition("=")[0]: cmd[i + 1].partition("=")[2] for i, a in enumerate(cmd) if a == "-e"}
+    assert env["QUANTMATRIX_GIT_COMMIT"] == commit
+    assert env["QUANTMATRIX_GIT_COMMIT_DATE"] == git_commit_date(commit)
+    assert env["QUANTMATRIX_GIT_DIRTY"] == str(int(bool(dirty)))
+    # Inside the container, those variables are what the fingerprint reads.
+    monkeypatch.setenv("QUANTMATRIX_GIT_COMMIT", "f" * 40)
+    monkeypatch.setenv("QUANTMATRIX_GIT_DIRTY", "1")
+    monkeypatch.setenv("QUANTMATRIX_GIT_COMMIT_DATE", "2026-12-01T00:00:00+00:00")
+    assert git_commit() == ("f" * 40, True) and git_commit_date("f" * 40) == "2026-12-01T00:00:00+00:00"

@@ -103,3 +103,18 @@ def test_memory_bandwidth_is_probed_around_the_loop_in_a_child_process():
     assert peak_mib() - before < 32  # the child's 128 MiB never counted here
     lat = time_predict(lambda b: None, INPUTS, MeasureSpec(warmup=0, min_iterations=3))
     assert lat.bandwidth_gbs is not None and len(lat.bandwidth_gbs) == 2 and min(lat.bandwidth_gbs) > 0.1
+
+
+def test_a_cell_timed_in_slices_meets_the_stopping_rule_on_timed_calls_alone():
+    """Interleaved timing: `enough` counts the seconds of the slices' timed calls, not their setup (the
+    untimed call and any collection before each slice), so a cell gets as many timed seconds as in one loop."""
+    from runners.measure import SliceTimer
+
+    timer = SliceTimer(lambda b: time.sleep(0.01), INPUTS, MeasureSpec(warmup=0, min_iterations=1, min_seconds=0.2))
+    rounds = 0
+    while not timer.enough():
+        timer.slice(0.05, rounds)
+        rounds += 1
+    assert sum(timer.samples) >= 200.0 and rounds >= 4
+    assert [s.round for s in timer.slices] == list(range(rounds))
+    assert sum(s.count for s in timer.slices) == len(timer.samples)
