@@ -11,7 +11,7 @@ Core module: numpy and the standard library only.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,10 +34,14 @@ ALPHA = 0.05
 
 @dataclass(frozen=True)
 class Slices:
-    """One latency's samples as slices; `rounds[i]` is slice i's interleaving round, or None (unpaired)."""
+    """One latency's samples as slices; `rounds[i]` is slice i's interleaving round, or None (unpaired).
+
+    A round is any hashable key; equal keys on two sides mean "measured side by side". Results name
+    theirs (run id, repeat, round) (`slices_of(group=...)`), so rounds of different runs never pair.
+    """
 
     parts: tuple[np.ndarray, ...]
-    rounds: tuple[int, ...] | None
+    rounds: tuple[Hashable, ...] | None
 
     @property
     def count(self) -> int:
@@ -81,12 +85,21 @@ class ChangeTest:
 
 
 def slices_of(
-    samples: Sequence[float] | np.ndarray, slices: Sequence[LatencySlice] | None = None, *, source: str = "latency"
+    samples: Sequence[float] | np.ndarray,
+    slices: Sequence[LatencySlice] | None = None,
+    *,
+    source: str = "latency",
+    group: tuple[Hashable, ...] = (),
 ) -> Slices:
-    """Cut samples into the recorded slices, or (none recorded) into up to CHUNKS adjacent chunks."""
+    """Cut samples into the recorded slices, or (none recorded) into up to CHUNKS adjacent chunks.
+
+    A recorded slice's round becomes `(*group, round)`: pass what identifies the interleaving group it
+    was timed in (a result's run id and repeat), so only slices of the same group and round pair.
+    """
     values = np.asarray(samples, dtype=float)
     if slices:
-        parts, rounds = [], []
+        parts: list[np.ndarray] = []
+        rounds: list[Hashable] = []
         for i, s in enumerate(slices):
             if s.first + s.count > len(values):
                 raise ValueError(
@@ -94,7 +107,7 @@ def slices_of(
                     f"but there are only {len(values)} samples"
                 )
             parts.append(values[s.first : s.first + s.count])
-            rounds.append(s.round)
+            rounds.append((*group, s.round) if group else s.round)
         return Slices(tuple(parts), tuple(rounds))
     chunks = min(CHUNKS, len(values) // MIN_CHUNK)
     if chunks < 1:
@@ -104,7 +117,7 @@ def slices_of(
 
 def combine(parts: Sequence[Slices]) -> Slices:
     """Slices of several rounds of one cell, pooled; pairing survives only if every part has rounds."""
-    rounds: tuple[int, ...] | None = ()
+    rounds: tuple[Hashable, ...] | None = ()
     for p in parts:
         rounds = rounds + p.rounds if rounds is not None and p.rounds is not None else None
     return Slices(tuple(a for p in parts for a in p.parts), rounds)
@@ -162,19 +175,19 @@ def median_ci(s: Slices, *, seed: int = SEED, resamples: int = RESAMPLES, level:
     return Interval(float(np.median(s.pooled())), low, high, s.count, f"{s.count} {s.method()}", level)
 
 
-def _by_round(s: Slices, keep: set[int]) -> dict[int, np.ndarray]:
-    out: dict[int, list[np.ndarray]] = {}
+def _by_round(s: Slices, keep: set[Hashable]) -> dict[Hashable, np.ndarray]:
+    out: dict[Hashable, list[np.ndarray]] = {}
     for part, r in zip(s.parts, s.rounds or (), strict=True):
         if r in keep:
             out.setdefault(r, []).append(part)
     return {r: np.concatenate(v) for r, v in out.items()}
 
 
-def shared_rounds(a: Slices, b: Slices) -> list[int]:
+def shared_rounds(a: Slices, b: Slices) -> list[Hashable]:
     """Rounds both latencies were measured in, side by side; empty unless both carry rounds."""
     if a.rounds is None or b.rounds is None:
         return []
-    return sorted(set(a.rounds) & set(b.rounds))
+    return sorted(set(a.rounds) & set(b.rounds), key=repr)
 
 
 def ratio_ci(

@@ -143,7 +143,14 @@ def cell_slices(results: Sequence[Result], members: Iterable[int], samples: Samp
         if r.status == "ok" and r.latency:
             values = r.latency.samples if samples is None else samples[i]
             if values is not None and len(values):
-                parts.append(slices_of(values, r.latency.slices, source=f"{r.run_id}/{r.cell.variant}@{r.cell.runner}"))
+                parts.append(
+                    slices_of(
+                        values,
+                        r.latency.slices,
+                        source=f"{r.run_id}/{r.cell.variant}@{r.cell.runner}",
+                        group=(r.run_id, r.cell.repeat),  # slices pair only within one run's interleaving group
+                    )
+                )
     return combine(parts)
 
 

@@ -100,28 +100,33 @@ def test_pr_workflow_gates_on_compare_and_the_benchmark_keeps_history(repo):
     yaml = pytest.importorskip("yaml")
     pr = yaml.safe_load((repo / ".github/workflows/pr-benchmark.yml").read_text())
     steps = json.dumps(pr["jobs"]["compare"]["steps"])
-    assert steps.count("nox -s benchmark-cpu") == 2 and "--run-id base" in steps and "--run-id head" in steps
+    # Base and head take turns round by round (base r1, head r1, base r2, ...), each resuming its run id.
+    assert "for side in base head" in steps and '--run-id \\"$side\\"' in steps and '--repeats \\"$round\\"' in steps
     assert "python -m quantmatrix compare" in steps and "--fail-if-slower" in steps
     assert "--fail-if-quality-drop" in steps and '--markdown \\"$GITHUB_STEP_SUMMARY\\"' in steps
     bench = json.dumps(yaml.safe_load((repo / ".github/workflows/benchmark.yml").read_text())["jobs"]["report"])
     assert "history/results.tar.gz" in bench and "nox -s report -- history" in bench
 
 
-def test_interleaved_slices_are_paired_by_round_in_the_summary_and_in_compare(tmp_path):
-    # Two runs whose cells took turns in 20 rounds: each round's host speed hit both alike.
-    rng = np.random.default_rng(8)
-    phase = np.repeat(rng.lognormal(0.0, 0.3, 5), 4)
-    results = []
-    for run, factor in (("base", 1.0), ("head", 1.08)):
-        r = result("ort-int8-dynamic", "ort-cpu", 5.0, run_id=run)
-        samples = [float(x) for f in phase for x in 5.0 * factor * f * rng.lognormal(0, 0.02, 10)]
-        turns = [LatencySlice(first=10 * i, count=10, started=1e9 + i, round=i) for i in range(20)]
-        r.latency = Latency(samples=samples, iterations=200, warmup=5, slices=turns, **percentile_summary(samples))
-        results.append(r)
-    root = write_run(tmp_path / "results", results)
-    loaded, _ = load_results([root])
-    [change] = compare_cells(loaded, summarise(loaded), "base", "head")
-    assert change.interval is not None and change.interval.method == "paired, 20 rounds"
-    assert change.test is not None and change.test.method == "Wilcoxon signed-rank on 20 paired rounds"
-    assert change.change == "slower" and change.interval.covers(1.08)
-    assert summarise(loaded)[0].p50_ci_method == "20 interleaved slices"
+def _sliced(r, rounds: int = 20):
+    """`r` with its samples recorded as `rounds` interleaved slices (rounds 0..rounds-1), as turns write them."""
+    n = len(r.latency.samples) // rounds
+    slices = [LatencySlice(first=i * n, count=n, started=1.0 + i, round=i) for i in range(rounds)]
+    return r.model_copy(update={"latency": r.latency.model_copy(update={"slices": slices})})
+
+
+def test_rounds_pair_within_one_run_and_repeat_never_across_runs(tmp_path):
+    """Round k of two runs were not timed side by side, nor round k of two repeats of one run: only slices
+    of one run's interleaving group pair, so compare is unpaired and a run's speed-ups pair per repeat."""
+    runs = [_sliced(r) for r in _run("base", 0) + _run("head", 100, slow={"ort-int8-dynamic": 1.15})]
+    root = write_run(tmp_path / "results", runs)
+    results, _ = load_results([root])
+    changes = {c.key[1]: c for c in compare_cells(results, summarise(results), "base", "head")}
+    slow = changes["ort-int8-dynamic"]
+    assert slow.test is not None and slow.test.method == "Mann-Whitney U on 20+20 slice medians"
+    assert slow.interval is not None and slow.interval.method == "unpaired, 20 slices each"
+    # Within a run, the slices of two cells with the same round pair; two repeats give 2x the rounds.
+    second = [r.model_copy(update={"cell": r.cell.model_copy(update={"repeat": 1})}) for r in runs[:3]]
+    rows = summarise(runs[:3] + second)
+    int8 = next(r for r in rows if r.variant == "ort-int8-dynamic")
+    assert int8.speedup_method == "paired, 40 rounds"
