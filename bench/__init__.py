@@ -103,6 +103,7 @@ def plan(
     common = ["--matrix", matrix_arg, "--artifacts", artifacts_arg]
     jobs: list[Job] = []
     build_names: dict[tuple[str, str], str] = {}
+    build_keys: dict[tuple[str, str], str] = {}
     cells = 0
     rounds = repeats or prof.measure.repeats
     pairs: list[tuple[str, str, str]] = []  # (model, variant, runner)
@@ -111,6 +112,7 @@ def plan(
         for b in build_jobs(matrix, model, variants):
             name = f"build {model}/{b.variant}"
             build_names[(model, b.variant)] = name
+            build_keys[(model, b.variant)] = b.key
             jobs.append(
                 Job(
                     kind="build",
@@ -119,7 +121,10 @@ def plan(
                     model=model,
                     variant=b.variant,
                     device=device,
-                    argv=["-m", "builders", "job", *common, "--model", model, "--variant", b.variant],
+                    argv=[
+                        "-m", "builders", "job", *common, "--model", model, "--variant", b.variant,
+                        "--expect-key", b.key,
+                    ],  # fmt: skip
                     deps=[build_names[(model, d)] for d in b.deps],
                 )
             )
@@ -174,6 +179,8 @@ def plan(
                         run_id,
                         "--repeat",
                         str(repeat),
+                        "--expect-key",
+                        build_keys[(model, variant)],
                     ],
                 )
             )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from builders import build_with_deps, registry, run_job
 from quantmatrix.errors import QuantmatrixError
-from quantmatrix.plan import REFERENCE, build_jobs
+from quantmatrix.plan import REFERENCE, build_jobs, check_planned_key
 from quantmatrix.spec import load_matrix
 from quantmatrix.store import Store
 
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="minilm")
     ap.add_argument("--variant", action="append", default=[], help="repeatable")
     ap.add_argument("--force", action="store_true", help="rebuild even if a complete artefact exists")
+    ap.add_argument("--expect-key", default=None, help="job: the key the launcher planned for the (one) variant")
     args = ap.parse_args(argv)
     try:
         builders = registry()
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             for name in args.variant or [REFERENCE]:
                 job = jobs[name]
+                check_planned_key(f"build {args.model}/{name}", args.expect_key, job.key)
                 if store.lookup(job.key) is None or args.force:
                     run_job(matrix, job, store, force=args.force)
                 print(f"{job.name}: {store.path(job.key)}")

@@ -197,3 +197,15 @@ def build_jobs(matrix: Matrix, model_name: str, variants: tuple[str, ...], root:
     for name in variants:
         add(name)
     return list(jobs.values())
+
+
+def check_planned_key(job: str, planned: str | None, key: str) -> None:
+    """A job recomputes its artefact key from the code and matrix it sees; the launcher planned it from
+    what it saw at the start. They differ when the code or the matrix changed while the run went on
+    (keys hash both): then the job would look for, or build, an artefact nothing else in the run uses."""
+    if planned is not None and planned != key:
+        raise SpecError(
+            f"{job}: its artefact key is now {key}, but this run planned {planned}: the code or the matrix "
+            "changed after the run started (a key hashes the builder's code and its params); rerun the "
+            "command so it plans again (complete artefacts and results are reused)"
+        )

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from quantmatrix.errors import QuantmatrixError
+from quantmatrix.plan import check_planned_key
 from quantmatrix.turns import Participant
 
 
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         help="interleaved timing: the launcher's turn directory (quantmatrix.turns); needs --turn-name",
     )  # fmt: skip
     ap.add_argument("--turn-name", default=None, help="this job's participant name in --turns")
+    ap.add_argument("--expect-key", default=None, help="job: the artefact key the launcher planned for the variant")
     ap.add_argument("--name", default=None, help="analysis: its name in the matrix ([analyses.<name>])")
     args = ap.parse_args(argv)
     from runners import registry
@@ -87,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             repeat=args.repeat,
             turns=_participant(args.turns, args.turn_name),
         )
+        check_planned_key(f"run {args.model}/{args.variant} on {args.runner}", args.expect_key, job.key)
         results = job.run()
         failed = [r for r in results if r.status == "failed"]
         return 1 if failed else 0

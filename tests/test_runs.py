@@ -294,3 +294,30 @@ def test_an_artefact_whose_manifest_version_1_wrote_still_loads_and_measures_the
     for a, b in zip(new, again, strict=True):
         assert a.quality == b.quality and a.agreement is not None and b.agreement is not None
         assert a.agreement.predictions == b.agreement.predictions and a.verdict == b.verdict
+
+
+def test_a_job_whose_code_changed_after_planning_says_so(work, capsys):
+    """Keys hash the code: a build or run job that sees other code than its launcher planned with stops
+    with that reason, instead of building or looking for an artefact the rest of the run never uses."""
+    from builders.__main__ import main as builders_main
+    from runners.__main__ import main as runners_main
+
+    p = plan(
+        _matrix(work), "t", "cpu",
+        builder_formats={k: v.output_format for k, v in builders.registry().items()},
+        backends=runners.registry(), run_id="r",
+    )  # fmt: skip
+    build = next(j for j in p.jobs if j.kind == "build" and j.variant == "ort-int8-dynamic")
+    run = next(j for j in p.jobs if j.kind == "run" and j.variant == "ort-int8-dynamic")
+    assert build.argv[build.argv.index("--expect-key") + 1] == build.key
+    assert run.argv[run.argv.index("--expect-key") + 1] == build.key
+    common = ["--matrix", str(work / "matrix.toml"), "--artifacts", str(work / "artifacts"), "--model", "tiny"]
+    stale = "tiny.ort-int8-dynamic-0000000000000000"
+    assert builders_main(["job", *common, "--variant", "ort-int8-dynamic", "--expect-key", stale]) == 2
+    err = capsys.readouterr().err
+    assert f"but this run planned {stale}: the code or the matrix changed after the run started" in err
+    assert builders_main(["job", *common, "--variant", "ort-int8-dynamic", "--expect-key", build.key]) == 0
+    code = runners_main(["job", *common, "--results", str(work / "results"), "--profile", "t",
+                         "--variant", "ort-int8-dynamic", "--runner", "ort-cpu", "--expect-key", stale])  # fmt: skip
+    assert code == 2 and "changed after the run started" in capsys.readouterr().err
+    assert not (work / "results" / "local").exists()  # nothing measured under the stale plan
