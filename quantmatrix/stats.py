@@ -42,6 +42,10 @@ class Slices:
 
     parts: tuple[np.ndarray, ...]
     rounds: tuple[Hashable, ...] | None
+    # Each part's stratum (a result's (run id, repeat)), or None: one stratum. A latency of several
+    # repeats is the median of the repeats' medians, and the bootstraps resample within each stratum
+    # and take that same statistic, so an interval is always about the number it is printed beside.
+    strata: tuple[Hashable, ...] | None = None
 
     @property
     def count(self) -> int:
@@ -108,19 +112,42 @@ def slices_of(
                 )
             parts.append(values[s.first : s.first + s.count])
             rounds.append((*group, s.round) if group else s.round)
-        return Slices(tuple(parts), tuple(rounds))
+        return Slices(tuple(parts), tuple(rounds), (group,) * len(parts) if group else None)
     chunks = min(CHUNKS, len(values) // MIN_CHUNK)
     if chunks < 1:
         return Slices((), None)
-    return Slices(tuple(np.array_split(values, chunks)), None)
+    return Slices(tuple(np.array_split(values, chunks)), None, (group,) * chunks if group else None)
 
 
 def combine(parts: Sequence[Slices]) -> Slices:
     """Slices of several rounds of one cell, pooled; pairing survives only if every part has rounds."""
     rounds: tuple[Hashable, ...] | None = ()
+    strata: tuple[Hashable, ...] | None = ()
     for p in parts:
         rounds = rounds + p.rounds if rounds is not None and p.rounds is not None else None
-    return Slices(tuple(a for p in parts for a in p.parts), rounds)
+        strata = strata + p.strata if strata is not None and p.strata is not None else None
+    return Slices(tuple(a for p in parts for a in p.parts), rounds, strata)
+
+
+def _strata(s: Slices) -> list[list[int]]:
+    """Indices of `s.parts` per stratum, in order of first appearance (one stratum without strata)."""
+    if s.strata is None:
+        return [list(range(s.count))]
+    out: dict[Hashable, list[int]] = {}
+    for i, key in enumerate(s.strata):
+        out.setdefault(key, []).append(i)
+    return list(out.values())
+
+
+def _side(s: Slices, rng: np.random.Generator, resamples: int) -> tuple[float, np.ndarray]:
+    """One latency's median of its strata's medians, and that statistic per resample: each stratum's
+    slices resampled with replacement on their own."""
+    points, boots = [], []
+    for idx in _strata(s):
+        parts = [s.parts[i] for i in idx]
+        points.append(float(np.median(np.concatenate(parts))))
+        boots.append(_boot_medians(_matrix(_thinned(parts)), rng.integers(0, len(idx), size=(resamples, len(idx)))))
+    return float(np.median(points)), np.median(np.stack(boots), axis=0)
 
 
 def _thinned(parts: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -168,11 +195,9 @@ def median_ci(s: Slices, *, seed: int = SEED, resamples: int = RESAMPLES, level:
     """The median of one latency with a block-bootstrap CI (slices resampled with replacement)."""
     if s.count < MIN_SLICES:
         return None
-    rng = np.random.default_rng(seed)
-    groups = _matrix(_thinned(s.parts))
-    boots = _boot_medians(groups, rng.integers(0, s.count, size=(resamples, s.count)))
+    value, boots = _side(s, np.random.default_rng(seed), resamples)
     low, high = _percentiles(boots, level)
-    return Interval(float(np.median(s.pooled())), low, high, s.count, f"{s.count} {s.method()}", level)
+    return Interval(value, low, high, s.count, f"{s.count} {s.method()}", level)
 
 
 def _by_round(s: Slices, keep: set[Hashable]) -> dict[Hashable, np.ndarray]:
@@ -202,20 +227,26 @@ def ratio_ci(
     rounds = shared_rounds(base, other)
     if len(rounds) >= MIN_SLICES:
         a, b = _by_round(base, set(rounds)), _by_round(other, set(rounds))
-        ga = _matrix(_thinned([a[r] for r in rounds]))
-        gb = _matrix(_thinned([b[r] for r in rounds]))
-        picks = rng.integers(0, len(rounds), size=(resamples, len(rounds)))
-        boots = _boot_medians(ga, picks) / _boot_medians(gb, picks)
-        value = float(np.median(np.concatenate(list(a.values()))) / np.median(np.concatenate(list(b.values()))))
+        by_stratum: dict[Hashable, list[Hashable]] = {}
+        for r in rounds:  # a round keyed (run, repeat, round) belongs to the stratum (run, repeat)
+            by_stratum.setdefault(r[:-1] if isinstance(r, tuple) else None, []).append(r)
+        points_a, points_b, boots_a, boots_b = [], [], [], []
+        for rs in by_stratum.values():
+            picks = rng.integers(0, len(rs), size=(resamples, len(rs)))
+            boots_a.append(_boot_medians(_matrix(_thinned([a[r] for r in rs])), picks))
+            boots_b.append(_boot_medians(_matrix(_thinned([b[r] for r in rs])), picks))
+            points_a.append(float(np.median(np.concatenate([a[r] for r in rs]))))
+            points_b.append(float(np.median(np.concatenate([b[r] for r in rs]))))
+        boots = np.median(np.stack(boots_a), axis=0) / np.median(np.stack(boots_b), axis=0)
+        value = float(np.median(points_a) / np.median(points_b))
         method, n = f"paired, {len(rounds)} rounds", len(rounds)
     else:
         if min(base.count, other.count) < MIN_SLICES:
             return None
-        ga, gb = _matrix(_thinned(base.parts)), _matrix(_thinned(other.parts))
-        boots = _boot_medians(ga, rng.integers(0, base.count, size=(resamples, base.count))) / _boot_medians(
-            gb, rng.integers(0, other.count, size=(resamples, other.count))
-        )
-        value = float(np.median(base.pooled()) / np.median(other.pooled()))
+        value_a, boots_a_side = _side(base, rng, resamples)
+        value_b, boots_b_side = _side(other, rng, resamples)
+        boots = boots_a_side / boots_b_side
+        value = value_a / value_b
         each = f"{base.count} slices each" if base.count == other.count else f"{base.count}+{other.count} slices"
         method, n = f"unpaired, {each}", min(base.count, other.count)
     low, high = _percentiles(boots, level)

@@ -130,3 +130,21 @@ def test_rounds_pair_within_one_run_and_repeat_never_across_runs(tmp_path):
     rows = summarise(runs[:3] + second)
     int8 = next(r for r in rows if r.variant == "ort-int8-dynamic")
     assert int8.speedup_method == "paired, 40 rounds"
+
+
+@pytest.mark.parametrize("interleaved", [True, False])
+def test_an_interval_is_about_the_number_printed_beside_it_across_repeats(interleaved):
+    """A cell of three repeats shows the median of the repeats' p50s; when the host ran 1.8x slower in one
+    repeat, pooling every sample would centre the CI elsewhere. The bootstraps resample each repeat on its
+    own and take the same median of medians, so the speed-up and the p50 lie inside their CIs."""
+    runs = []
+    for repeat, factor in enumerate([1.0, 1.8, 1.1]):
+        for r in _run("r", 10 * repeat + 1, slow={v: factor for v, _, _ in CELLS}):
+            r = _sliced(r) if interleaved else r
+            runs.append(r.model_copy(update={"cell": r.cell.model_copy(update={"repeat": repeat})}))
+    rows = summarise(runs)
+    int8 = next(r for r in rows if r.variant == "ort-int8-dynamic")
+    assert int8.speedup_low <= int8.speedup <= int8.speedup_high, int8
+    assert int8.p50_low <= int8.p50_ms <= int8.p50_high, int8
+    assert 3.5 < int8.speedup < 4.5 and int8.speedup_method == ("paired, 60 rounds" if interleaved else
+                                                                "unpaired, 60 slices each")  # fmt: skip
