@@ -94,6 +94,7 @@ def compare(
     tolerance: float,
     gate_args: tuple[float | None, float | None] = (None, None),
     markdown: Path | None = None,
+    relative: bool = False,
 ) -> int:
     from quantmatrix.compare import Gate, compare_cells, render
     from quantmatrix.records import atomic_write_text
@@ -104,12 +105,12 @@ def compare(
         print(f"skipped: {e}", file=sys.stderr)
     rows = summarise(results)
     gate = Gate(*gate_args)
-    changes = compare_cells(results, rows, base, other)
-    lines = render(changes, base, other, gate)
+    changes = compare_cells(results, rows, base, other, relative=relative)
+    lines = render(changes, base, other, gate, relative=relative)
     print("\n".join([*lines, compare_runs(rows, base, other, tolerance)[-1]]))
     failed = [(c, f) for c in changes for f in gate.failures(c)]
     if markdown is not None:
-        text = "\n".join(render(changes, base, other, gate, markdown=True))
+        text = "\n".join(render(changes, base, other, gate, markdown=True, relative=relative))
         verdict = f"**gate failed**: {len(failed)} problem(s)" if failed else "gate passed"
         # Appended, not replaced: $GITHUB_STEP_SUMMARY collects every step's summary in one file.
         old = markdown.read_text(encoding="utf-8") if markdown.is_file() else ""
@@ -149,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         help="exit 1 if a cell's macro-F1 or top-1 agreement falls by more than PCT percent (exact, no test)",
     )
     cmp.add_argument("--markdown", type=Path, help="also append the table as Markdown to FILE ($GITHUB_STEP_SUMMARY)")
+    cmp.add_argument(
+        "--relative",
+        action="store_true",
+        help="compare each cell's time relative to its own run's FP32 eager baseline (measured side by side in "
+        "each run), so the host running faster or slower between the runs cancels",
+    )
     d = sub.add_parser("doctor")
     d.add_argument("--json", action="store_true", help="structured output")
     d.add_argument("--require-gpu", action="store_true", help="exit 3 unless a GPU and the driver are usable")
@@ -174,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                 if value is not None and not 0 <= value < 100:
                     raise QuantmatrixError(f"{flag} takes a percentage in [0, 100), got {value:g}")
             gates = (args.fail_if_slower, args.fail_if_quality_drop)
-            return compare(args.results, args.base, args.other, args.tolerance, gates, args.markdown)
+            return compare(args.results, args.base, args.other, args.tolerance, gates, args.markdown, args.relative)
         from quantmatrix.hardware import fingerprint
 
         print(fingerprint().model_dump_json(indent=2))

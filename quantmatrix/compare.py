@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.records import Result
-from quantmatrix.stats import ALPHA, ChangeTest, Interval, change_test, ratio_ci
+from quantmatrix.stats import ALPHA, ChangeTest, Interval, change_test, ratio_ci, relative_change
 from quantmatrix.summary import CellSummary, SampleSource, cell_slices
 
 CellKey = tuple[str, str, str, int, str]  # model, variant, runner, batch size, seq mode
@@ -94,9 +94,20 @@ class Gate:
 
 
 def compare_cells(
-    results: Sequence[Result], rows: Sequence[CellSummary], base: str, other: str, samples: SampleSource = None
+    results: Sequence[Result],
+    rows: Sequence[CellSummary],
+    base: str,
+    other: str,
+    samples: SampleSource = None,
+    *,
+    relative: bool = False,
 ) -> list[CellChange]:
-    """Every cell of run `base` or `other` (rows from `summarise(results)`), compared where both measured it."""
+    """Every cell of run `base` or `other` (rows from `summarise(results)`), compared where both measured it.
+
+    `relative`: compare each cell's time relative to its own run's FP32 eager baseline (same model,
+    batch and sequence mode; the ratio its speed-up inverts), so a change of the host's speed between
+    the runs cancels (quantmatrix.stats.relative_change); the baseline cells themselves are not compared.
+    """
     by_run: dict[str, dict[CellKey, CellSummary]] = {base: {}, other: {}}
     for r in rows:
         if r.run_id in by_run and r.overhead is None:  # the null runner's microseconds are noise to compare
@@ -116,11 +127,29 @@ def compare_cells(
             out.append(CellChange(key, a, b, note=f"threads differ ({a.threads} vs {b.threads})"))
             continue
         sa, sb = cell_slices(results, a.members, samples), cell_slices(results, b.members, samples)
-        out.append(CellChange(key, a, b, b.p50_ms / a.p50_ms, ratio_ci(sb, sa), change_test(sa, sb)))
+        if not relative:
+            out.append(CellChange(key, a, b, b.p50_ms / a.p50_ms, ratio_ci(sb, sa), change_test(sa, sb)))
+            continue
+        if a.fp32_baseline or b.fp32_baseline:
+            out.append(CellChange(key, a, b, note="the baseline of the relative comparison"))
+            continue
+        if not a.baseline_members or not b.baseline_members:
+            out.append(CellChange(key, a, b, note="no FP32 eager baseline of this setting in both runs"))
+            continue
+        found = relative_change(
+            sa, cell_slices(results, a.baseline_members, samples), sb, cell_slices(results, b.baseline_members, samples)
+        )
+        if found is None:
+            out.append(CellChange(key, a, b, note="too few raw samples for a relative comparison"))
+            continue
+        interval, test = found
+        out.append(CellChange(key, a, b, interval.value, interval, test))
     return out
 
 
-def render(changes: Sequence[CellChange], base: str, other: str, gate: Gate, *, markdown: bool = False) -> list[str]:
+def render(
+    changes: Sequence[CellChange], base: str, other: str, gate: Gate, *, markdown: bool = False, relative: bool = False
+) -> list[str]:
     """The comparison as lines: a fixed-width table for terminals, or a Markdown table for a job summary."""
     cols = ["cell", f"{base[:12]} p50 ms", f"{other[:12]} p50 ms", "ratio [95% CI]", "change", "test",
             "ΔF1", "Δagree", "gate"]  # fmt: skip
@@ -149,10 +178,17 @@ def render(changes: Sequence[CellChange], base: str, other: str, gate: Gate, *, 
     slower = sum(c.change == "slower" for c in changes)
     faster = sum(c.change == "faster" for c in changes)
     quality = sum(bool(c.f1_delta or c.agreement_delta) for c in changes)
-    lines.append(
-        f"ratio: {other} p50 / {base} p50 (above 1: slower), 95% bootstrap CI over slices; change: two-sided test "
-        f"at {ALPHA:.0%} (Mann-Whitney U on slice medians, or Wilcoxon signed-rank on paired rounds)"
-    )
+    if relative:
+        lines.append(
+            f"ratio: ({other} p50 / its FP32 eager p50) / ({base} p50 / its FP32 eager p50), each measured side by "
+            f"side within its run (above 1: slower relative to the baseline); 95% bootstrap CI; change: the "
+            f"bootstrap's two-sided test at {ALPHA:.0%}"
+        )
+    else:
+        lines.append(
+            f"ratio: {other} p50 / {base} p50 (above 1: slower), 95% bootstrap CI over slices; change: two-sided "
+            f"test at {ALPHA:.0%} (Mann-Whitney U on slice medians, or Wilcoxon signed-rank on paired rounds)"
+        )
     lines.append(
         f"{len(tested)} cells tested: {slower} significantly slower, {faster} significantly faster; "
         f"{quality} with a quality change (exact: same examples)"

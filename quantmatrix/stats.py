@@ -223,7 +223,18 @@ def ratio_ci(
     Paired when both sides share at least MIN_SLICES interleaving rounds: rounds are resampled and
     both sides take the same ones. Otherwise each side's slices are resampled on their own.
     """
-    rng = np.random.default_rng(seed)
+    found = ratio_boots(base, other, np.random.default_rng(seed), resamples)
+    if found is None:
+        return None
+    value, boots, method, n = found
+    low, high = _percentiles(boots, level)
+    return Interval(value, low, high, n, method, level)
+
+
+def ratio_boots(
+    base: Slices, other: Slices, rng: np.random.Generator, resamples: int = RESAMPLES
+) -> tuple[float, np.ndarray, str, int] | None:
+    """median(base) / median(other), its bootstrap draws, what they stand on and how many slices/rounds."""
     rounds = shared_rounds(base, other)
     if len(rounds) >= MIN_SLICES:
         a, b = _by_round(base, set(rounds)), _by_round(other, set(rounds))
@@ -249,8 +260,31 @@ def ratio_ci(
         value = value_a / value_b
         each = f"{base.count} slices each" if base.count == other.count else f"{base.count}+{other.count} slices"
         method, n = f"unpaired, {each}", min(base.count, other.count)
+    return value, boots, method, n
+
+
+def relative_change(
+    cell_a: Slices, ref_a: Slices, cell_b: Slices, ref_b: Slices, *, seed: int = SEED, resamples: int = RESAMPLES,
+    level: float = LEVEL, alpha: float = ALPHA,
+) -> tuple[Interval, ChangeTest] | None:
+    """How a cell's time relative to its run's baseline moved from run A to run B: (cell_b / ref_b) /
+    (cell_a / ref_a), each in-run ratio measured side by side (paired where interleaved), so a change of
+    the host's speed between the runs, which hits a cell and its baseline alike, cancels.
+
+    The CI is the percentile bootstrap of that quotient (the two runs resampled independently); the
+    test is the bootstrap's own: two-sided p = 2 x the share of draws on the far side of 1.
+    """
+    rng = np.random.default_rng(seed)
+    a = ratio_boots(cell_a, ref_a, rng, resamples)
+    b = ratio_boots(cell_b, ref_b, rng, resamples)
+    if a is None or b is None:
+        return None
+    boots = b[1] / a[1]
     low, high = _percentiles(boots, level)
-    return Interval(value, low, high, n, method, level)
+    interval = Interval(b[0] / a[0], low, high, min(a[3], b[3]), f"relative to the baseline; {a[2]} / {b[2]}", level)
+    p = min(1.0, max(1.0 / resamples, 2 * min(float(np.mean(boots <= 1)), float(np.mean(boots >= 1)))))
+    method = f"bootstrap of the in-run ratios ({a[2]}; {b[2]})"
+    return interval, ChangeTest(p, p < alpha, method, alpha)
 
 
 def _ranks(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -69,6 +69,7 @@ class CellSummary:
     bandwidth_spread: float | None = None  # max/min of the memory bandwidth probes around every round's loop
     run_id: str = ""
     members: tuple[int, ...] = ()  # indices into summarise()'s input: every round of this cell, for provenance
+    baseline_members: tuple[int, ...] = ()  # the rounds of the FP32 eager baseline its speed-up divides
     measures_overhead: bool = False  # its backend does no model work (Capability.MEASURES_OVERHEAD)
     fp32_baseline: bool = False  # the FP32 reference on the baseline backend, eager: what speed-ups divide
     disturbed: int = 0  # rounds timed while other work took more than DISTURBED_SHARE of the usable cores
@@ -272,6 +273,7 @@ def summarise(results: list[Result], samples: SampleSource = None) -> list[CellS
                 speedup_high=speedup_ci.high if speedup_ci else None,
                 speedup_slices=speedup_ci.slices if speedup_ci else None,
                 speedup_method=speedup_ci.method if speedup_ci else None,
+                baseline_members=tuple(members[base_ident]) if base_ident else (),
                 git_commit=first.fingerprint.git_commit,
                 git_commit_date=first.fingerprint.git_commit_date,
                 started=min(r.started for r in rs),

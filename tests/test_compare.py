@@ -148,3 +148,24 @@ def test_an_interval_is_about_the_number_printed_beside_it_across_repeats(interl
     assert int8.p50_low <= int8.p50_ms <= int8.p50_high, int8
     assert 3.5 < int8.speedup < 4.5 and int8.speedup_method == ("paired, 60 rounds" if interleaved else
                                                                 "unpaired, 60 slices each")  # fmt: skip
+
+
+def test_relative_compare_cancels_a_host_that_ran_slower_and_still_catches_a_real_slowdown(tmp_path, capsys):
+    """Run B ran on a host 1.6x slower for every cell, and its INT8 cell 15% slower on top: compared on p50s,
+    every cell changed; compared relative to each run's FP32 eager baseline, only the INT8 cell did."""
+    slow = {"reference": 1.6, "onnx-fp32": 1.6, "ort-int8-dynamic": 1.6 * 1.15}
+    root = write_run(tmp_path / "results", [_sliced(r) for r in _run("base", 0) + _run("head", 100, slow=slow)])
+    results, _ = load_results([root])
+    rows = summarise(results)
+    absolute = {c.key[1]: c for c in compare_cells(results, rows, "base", "head")}
+    assert {v: c.change for v, c in absolute.items()} == dict.fromkeys(absolute, "slower")
+    relative = {c.key[1]: c for c in compare_cells(results, rows, "base", "head", relative=True)}
+    assert relative["reference"].note == "the baseline of the relative comparison"
+    assert relative["onnx-fp32"].change == "no significant change"
+    int8 = relative["ort-int8-dynamic"]
+    assert int8.change == "slower" and int8.interval.covers(1.15) and not int8.interval.covers(1.0)
+    assert int8.test.method.startswith("bootstrap of the in-run ratios")
+    code = main(["compare", str(root), "--base", "base", "--other", "head", "--relative", "--fail-if-slower", "10"])
+    out, err = capsys.readouterr()
+    assert code == 1 and "relative to the baseline" in out and "FAIL tiny/ort-int8-dynamic" in err
+    assert "onnx-fp32" not in err
