@@ -102,7 +102,7 @@ def test_pr_workflow_gates_on_compare_and_the_benchmark_keeps_history(repo):
     steps = json.dumps(pr["jobs"]["compare"]["steps"])
     # Base and head take turns round by round (base r1, head r1, base r2, ...), each resuming its run id.
     assert "for side in base head" in steps and '--run-id \\"$side\\"' in steps and '--repeats \\"$round\\"' in steps
-    assert "python -m quantmatrix compare" in steps and "--fail-if-slower" in steps
+    assert "python -m quantmatrix compare" in steps and "--relative" in steps and "--fail-if-slower" in steps
     assert "--fail-if-quality-drop" in steps and '--markdown \\"$GITHUB_STEP_SUMMARY\\"' in steps
     bench = json.dumps(yaml.safe_load((repo / ".github/workflows/benchmark.yml").read_text())["jobs"]["report"])
     assert "history/results.tar.gz" in bench and "nox -s report -- history" in bench
