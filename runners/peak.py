@@ -6,6 +6,7 @@ reachable on CPU here (torch._int_mm has no fast CPU kernel). Cached per machine
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -13,7 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from quantmatrix.machine_lock import LoadWindow, TimingLock
 from quantmatrix.records import atomic_write_text
+
+Log = Callable[[str], None]
 
 SIZE = 1024
 SECONDS = 1.0
@@ -57,19 +61,35 @@ def int8_peak(n: int = SIZE) -> float:
     return _rate(lambda: sess.run(None, feed), 2.0 * n**3)
 
 
-def machine_peak(cache_dir: Path, machine_id: str) -> dict[str, float]:
-    """{'fp32': ops/s, 'int8': ops/s}, measured once per machine and cached."""
-    path = cache_dir / f"peak-{machine_id}.json"
+def machine_peak(
+    cache_dir: Path, machine_id: str, lock: TimingLock | None = None, *, measure: bool = True, log: Log = print
+) -> dict[str, float]:
+    """{'fp32': ops/s, 'int8': ops/s}, measured once per machine and cached; {} when not known yet.
+
+    Measured holding the machine-wide timing turn (`lock`), and cached only when no other work took more
+    than the disturbed share of the cores meanwhile: a roof measured beside ten loading jobs came out 10x
+    low once, and every roofline after it read 400-1000% of "peak". `measure=False` (a job that cannot
+    have the machine to itself now) only reads the cache.
+    """
+    path = cache_dir / f"peak-v2-{machine_id}.json"
     if path.is_file():
         try:
             return {k: float(v) for k, v in json.loads(path.read_text()).items()}
         except (ValueError, AttributeError):
             pass
+    if not measure:
+        return {}
     peaks: dict[str, float] = {}
-    for kind, fn in (("fp32", fp32_peak), ("int8", int8_peak)):
-        try:
-            peaks[kind] = fn()
-        except ImportError:
-            continue
+    with lock.turn() if lock is not None else contextlib.nullcontext():
+        window = LoadWindow()
+        for kind, fn in (("fp32", fp32_peak), ("int8", int8_peak)):
+            try:
+                peaks[kind] = fn()
+            except ImportError:
+                continue
+        load = window.stop()
+    if load is not None and load.disturbed:
+        log(f"[peak  ] GEMM peak not kept: other work took {load.background_cores:.2f} of {load.cores} cores meanwhile")
+        return {}
     atomic_write_text(path, json.dumps(peaks, indent=2))
     return peaks

@@ -118,3 +118,26 @@ def test_a_cell_timed_in_slices_meets_the_stopping_rule_on_timed_calls_alone():
     assert sum(timer.samples) >= 200.0 and rounds >= 4
     assert [s.round for s in timer.slices] == list(range(rounds))
     assert sum(s.count for s in timer.slices) == len(timer.samples)
+
+
+def test_the_gemm_roof_is_cached_only_when_measured_on_a_quiet_machine(tmp_path, monkeypatch):
+    """A roof measured beside other work is low (once 10x); such a measurement is not kept."""
+    from quantmatrix.machine_lock import Load
+    from runners import peak
+
+    monkeypatch.setattr(peak, "fp32_peak", lambda: 1e11)
+    monkeypatch.setattr(peak, "int8_peak", lambda: 4e11)
+    assert peak.machine_peak(tmp_path, "m", measure=False) == {}  # a job that cannot time alone only reads
+
+    class Busy:
+        def stop(self):
+            return Load(background_cores=1.5, cores=2, window_s=1.0)
+
+    monkeypatch.setattr(peak, "LoadWindow", Busy)
+    lines: list[str] = []
+    assert peak.machine_peak(tmp_path, "m", log=lines.append) == {} and not list(tmp_path.iterdir())
+    assert "not kept: other work took 1.50 of 2 cores" in lines[0]
+    monkeypatch.setattr(peak, "LoadWindow", lambda: type("Quiet", (), {"stop": lambda self: None})())
+    assert peak.machine_peak(tmp_path, "m") == {"fp32": 1e11, "int8": 4e11}
+    monkeypatch.setattr(peak, "fp32_peak", lambda: 0.0)
+    assert peak.machine_peak(tmp_path, "m")["fp32"] == 1e11  # cached
