@@ -101,6 +101,7 @@ def plan(
     prof = matrix.profile(profile)
     runners = [matrix.runners[r] for r in prof.runners if matrix.runners[r].device == device]
     common = ["--matrix", matrix_arg, "--artifacts", artifacts_arg]
+    build_argv = ["-m", "builders", "job", *common]
     jobs: list[Job] = []
     build_names: dict[tuple[str, str], str] = {}
     build_keys: dict[tuple[str, str], str] = {}
@@ -121,10 +122,7 @@ def plan(
                     model=model,
                     variant=b.variant,
                     device=device,
-                    argv=[
-                        "-m", "builders", "job", *common, "--model", model, "--variant", b.variant,
-                        "--expect-key", b.key,
-                    ],  # fmt: skip
+                    argv=[*build_argv, "--model", model, "--variant", b.variant, "--expect-key", b.key],
                     deps=[build_names[(model, d)] for d in b.deps],
                 )
             )

@@ -149,8 +149,8 @@ def git_commit(root: Path = REPO_ROOT) -> tuple[str | None, bool | None]:
     """(commit, dirty) of the checkout, or as a container is told (QUANTMATRIX_GIT_COMMIT, QUANTMATRIX_GIT_DIRTY)."""
     baked = os.environ.get("QUANTMATRIX_GIT_COMMIT")
     if baked:
-        dirty = os.environ.get("QUANTMATRIX_GIT_DIRTY")
-        return baked, None if dirty is None else dirty == "1"
+        told = os.environ.get("QUANTMATRIX_GIT_DIRTY")
+        return baked, None if told is None else told == "1"
     if not shutil.which("git"):
         return None, None
     try:

@@ -264,8 +264,15 @@ def ratio_boots(
 
 
 def relative_change(
-    cell_a: Slices, ref_a: Slices, cell_b: Slices, ref_b: Slices, *, seed: int = SEED, resamples: int = RESAMPLES,
-    level: float = LEVEL, alpha: float = ALPHA,
+    cell_a: Slices,
+    ref_a: Slices,
+    cell_b: Slices,
+    ref_b: Slices,
+    *,
+    seed: int = SEED,
+    resamples: int = RESAMPLES,
+    level: float = LEVEL,
+    alpha: float = ALPHA,
 ) -> tuple[Interval, ChangeTest] | None:
     """How a cell's time relative to its run's baseline moved from run A to run B: (cell_b / ref_b) /
     (cell_a / ref_a), each in-run ratio measured side by side (paired where interleaved), so a change of

@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import re
 
-import numpy as np
 import pytest
 from synthetic import result, write_run
 
 from quantmatrix.__main__ import main
 from quantmatrix.compare import Gate, compare_cells
-from quantmatrix.metrics import percentile_summary
-from quantmatrix.records import Latency, LatencySlice
+from quantmatrix.records import LatencySlice
 from quantmatrix.summary import headlines, load_results, render_text, summarise
 
 CELLS = [("reference", "torch-eager", 20.0), ("onnx-fp32", "ort-cpu", 15.0), ("ort-int8-dynamic", "ort-cpu", 5.0)]

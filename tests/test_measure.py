@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,7 +48,7 @@ def test_background_load_during_timing_is_recorded():
 
 def _cpu_seconds(pid: int) -> float:
     """utime + stime of a process, from /proc/<pid>/stat."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / __import__("os").sysconf("SC_CLK_TCK")
 
 
