@@ -16,7 +16,7 @@ import pandas as pd
 
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.records import Prediction, atomic_write_text, read_record
-from report.site import _environment, _vl_version, vega_bundle
+from report.site import environment, vega_bundle, vl_version
 
 alt.data_transformers.disable_max_rows()
 
@@ -61,16 +61,14 @@ def render(prediction: Prediction, out: Path, *, png: bool = True) -> list[Path]
     """Write `out/predict.html` (self-contained: the Vega libraries are inlined) and `out/predict.png`."""
     spec = chart(prediction)
     html = (
-        _environment()
-        .get_template("predict.html")
-        .render(p=prediction, spec=spec, bundle=_inline_script(vega_bundle()))
+        environment().get_template("predict.html").render(p=prediction, spec=spec, bundle=_inline_script(vega_bundle()))
     )
     written = [out / "predict.html"]
     atomic_write_text(written[0], html)
     if png:
         import vl_convert as vlc
 
-        (out / "predict.png").write_bytes(vlc.vegalite_to_png(spec, vl_version=_vl_version(), scale=1.5))
+        (out / "predict.png").write_bytes(vlc.vegalite_to_png(spec, vl_version=vl_version(), scale=1.5))
         written.append(out / "predict.png")
     return written
 

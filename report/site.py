@@ -24,7 +24,7 @@ STATIC = Path(__file__).parent / "static"
 RAW_LIMIT = 256 * 1024  # bytes; larger raw files are copied without their latency samples
 
 
-def _vl_version() -> str:
+def vl_version() -> str:
     """The Vega-Lite major.minor altair writes specs for (the bundle must understand them)."""
     return ".".join(alt.SCHEMA_VERSION.lstrip("v").split(".")[:2])
 
@@ -33,7 +33,7 @@ def vega_bundle() -> str:
     """vega + vega-lite + vega-embed as one classic script, built by vl-convert (seconds) and cached."""
     import vl_convert as vlc
 
-    vl = _vl_version()
+    vl = vl_version()
     cache_root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "quantmatrix"
     cache = cache_root / f"vega-bundle-vl{vl}-vlc{vlc.__version__}.js"
     if cache.is_file():
@@ -92,7 +92,7 @@ def _fallbacks(ctx: Context, out: Path, log: Callable[[str], None]) -> None:
     """Static PNG and SVG copies of the main charts (for READMEs and readers without JavaScript)."""
     import vl_convert as vlc
 
-    vl = _vl_version()
+    vl = vl_version()
     used: set[str] = set()
     for chart in ctx.charts:
         if not chart.fallback:
@@ -112,7 +112,7 @@ def _fallbacks(ctx: Context, out: Path, log: Callable[[str], None]) -> None:
         chart.fallback = stem
 
 
-def _environment() -> Environment:
+def environment() -> Environment:
     env = Environment(
         loader=FileSystemLoader(TEMPLATES),
         autoescape=select_autoescape(["html"], default_for_string=True, default=True),
@@ -168,7 +168,7 @@ def render(
     if fallbacks:
         _fallbacks(ctx, out, log)
 
-    env = _environment()
+    env = environment()
     nav = [(p.slug, p.title, p.file) for p, _, _ in built] or [("overview", "Overview", "index.html")]
     machines = [(mid, f"{mid}: {fp.cpu_model}" + (f" + {fp.gpu_name}" if fp.gpu_name else ""))
                 for mid, fp in loaded.machines().items()]  # fmt: skip
