@@ -254,9 +254,9 @@ class RunnerSpec:
     inject_busy: Annotated[
         float,
         Key(
-            "harness self-check only: after every timed call, spin for this share of the call's own time "
-            "(0.15: a known 15% slowdown, to check that `compare` and its gate catch it); recorded in the "
-            "result's runner options",
+            "harness self-check only: after every timed call of a classifier cell (generation cells ignore "
+            "it), spin for this share of the call's own time (0.15: a known 15% slowdown, to check that "
+            "`compare` and its gate catch it); recorded in the result's runner options",
             check=at_least(0),
         ),
     ] = 0.0
