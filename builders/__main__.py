@@ -14,6 +14,7 @@ from pathlib import Path
 
 from builders import build_with_deps, registry, run_job
 from quantmatrix.errors import QuantmatrixError
+from quantmatrix.machine_lock import give_way, give_way_to, lock_dir
 from quantmatrix.plan import REFERENCE, build_jobs, check_planned_key
 from quantmatrix.spec import load_matrix
 from quantmatrix.store import Store
@@ -37,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
             for name, info in sorted(builders.items()):
                 print(f"{name:28} -> {info.output_format:8} ({info.device})")
             return 0
+        # Building is untimed: it pauses while another process times (quantmatrix.machine_lock.give_way).
+        give_way_to(lock_dir(args.artifacts), log=lambda line: print(line, flush=True))
+        give_way()
         matrix = load_matrix(args.matrix, builders=builders)
         if args.model not in matrix.models:
             raise QuantmatrixError(f"{args.matrix}: unknown model {args.model!r}; defined: {sorted(matrix.models)}")

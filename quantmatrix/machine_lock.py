@@ -53,6 +53,10 @@ def _open_lock_file(path: Path) -> int:
 class FileLock:
     """An exclusive `flock` on one file; `holder()` says who holds it (as it wrote itself in)."""
 
+    # Lock files this process holds now, whichever FileLock holds them: `give_way` must not wait on a
+    # turn its own process holds (a second flock on the same file from one process would block on itself).
+    held_here: set[Path] = set()
+
     def __init__(self, path: Path, what: str) -> None:
         self.path = Path(path)
         self.what = what
@@ -75,6 +79,7 @@ class FileLock:
             os.close(fd)
             raise
         self._fd = fd
+        FileLock.held_here.add(self.path.resolve())
         self._write_holder(fd)
         return True
 
@@ -100,6 +105,7 @@ class FileLock:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
+        FileLock.held_here.discard(self.path.resolve())
         try:
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
@@ -261,3 +267,71 @@ class TimingLock:
             yield t
         finally:
             self.lock.release()
+
+
+# -- work that is not timed gives way to work that is ---------------------------------------------
+
+
+@dataclass
+class GiveWay:
+    """Where this process looks for other processes' timing turn, and how long it has waited for them."""
+
+    directory: Path
+    log: Callable[[str], None] | None = None
+    waited_s: float = 0.0
+    waits: int = 0
+
+
+# Set once per job process by its entry point (`give_way_to`): the yield points (`give_way`) sit deep
+# inside loops every builder and runner shares (progress updates, scoring batches), which should not
+# each carry the store's path. None: this process never gives way (the launcher, tests, a notebook).
+_give_way: GiveWay | None = None
+
+
+def give_way_to(directory: Path | None, log: Callable[[str], None] | None = None) -> None:
+    """From now on, pause this process's untimed work while another process holds the timing turn in
+    `directory` (None: stop giving way, e.g. once a turn coordinator times this process's cells)."""
+    global _give_way
+    _give_way = GiveWay(Path(directory), log) if directory is not None else None
+
+
+def give_way(poll: float = QUIET_SAMPLE_S) -> float:
+    """A yield point: if another process is timing, wait until its turn ends; return the seconds waited.
+
+    Loading, scoring, calibrating and fine-tuning beside a timed loop is what marks it `disturbed`
+    (docs/concurrency.md): the timer waits `QUIET_WAIT_S` for quiet, but work that never pauses never
+    lets it be. Called between steps of long untimed loops, so the timer's quiet wait only has to cover
+    the one step in flight. Never waits on a turn this process holds itself.
+    """
+    state = _give_way
+    if state is None:
+        return 0.0
+    path = (state.directory / TIMING_LOCK).resolve()
+    if path in FileLock.held_here or not path.parent.is_dir():
+        return 0.0
+    fd = _open_lock_file(path)
+    t0 = time.monotonic()
+    try:
+        noted = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not noted and state.log is not None:
+                    who = FileLock(path, "timing turn").describe_holder()
+                    state.log(f"[wait  ] giving way: another process is timing ({who})")
+                noted = True
+                time.sleep(poll)
+                continue
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            break
+    finally:
+        os.close(fd)
+    if not noted:
+        return 0.0
+    waited = time.monotonic() - t0
+    state.waited_s += waited
+    state.waits += 1
+    if state.log is not None:
+        state.log(f"[wait  ] went on after {waited:.1f}s")
+    return waited

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TextIO
 
+from quantmatrix.machine_lock import give_way
+
 if TYPE_CHECKING:
     from quantmatrix.spec import MeasureSpec
 
@@ -152,6 +154,7 @@ class Progress:
         if total is not None:
             self.total = total
         self._eta_override = eta_s
+        give_way()  # a long untimed loop pauses while another process times (docs/concurrency.md)
         now = time.perf_counter()
         if now - self._last_emit >= self.every:
             self._emit(now, final=False)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from quantmatrix.errors import QuantmatrixError
+from quantmatrix.machine_lock import give_way_to
 
 INBOX = "coordinator.fifo"
 PIPE_BUF = 4096
@@ -258,6 +259,9 @@ class Participant:
         self._buffer = b""
 
     def ready(self, cells: Sequence[str]) -> None:
+        # From here the coordinator holds the timing turn for this job's own turns: giving way to it
+        # would wait forever.
+        give_way_to(None)
         self._out = os.open(self.dir / INBOX, os.O_WRONLY)
         self._in = os.open(self.dir / f"{self.name}.fifo", os.O_RDONLY)
         _send(self._out, f"ready {self.name} {json.dumps(list(cells), separators=(',', ':'))}")

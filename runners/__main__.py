@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from quantmatrix.errors import QuantmatrixError
+from quantmatrix.machine_lock import give_way, give_way_to, lock_dir
 from quantmatrix.plan import check_planned_key
 from quantmatrix.turns import Participant
 
@@ -41,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--expect-key", default=None, help="job: the artefact key the launcher planned for the variant")
     ap.add_argument("--name", default=None, help="analysis: its name in the matrix ([analyses.<name>])")
     args = ap.parse_args(argv)
+    if args.command != "list":
+        # Loading and scoring are untimed: they pause while another process times (machine_lock.give_way),
+        # starting here, before the heavy imports.
+        give_way_to(lock_dir(args.artifacts), log=lambda line: print(line, flush=True))
+        give_way()
     from runners import registry
     from runners.analyses import registry as analysis_registry
 

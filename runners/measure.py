@@ -18,7 +18,15 @@ import numpy as np
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.hardware import memory_bandwidth_forked_gbs, speed_probe_per_cpu_ms
 from quantmatrix.inputs import encode, natural_batches
-from quantmatrix.machine_lock import Load, LoadWindow, TimingLock, busy_seconds, own_cpu_seconds, usable_cpus
+from quantmatrix.machine_lock import (
+    Load,
+    LoadWindow,
+    TimingLock,
+    busy_seconds,
+    give_way,
+    own_cpu_seconds,
+    usable_cpus,
+)
 from quantmatrix.metrics import percentile_summary
 from quantmatrix.records import Agreement, DecoderArch, EncoderArch, Latency, LatencySlice, Quality
 from quantmatrix.spec import MeasureSpec, Thresholds
@@ -296,8 +304,11 @@ def predict_all(
     batch_size: int = 32,
 ) -> np.ndarray:
     """Logits for every text (natural-length batches; the last batch may be short)."""
-    batches = natural_batches(tokenizer, texts, input_names, max_length, batch_size)
-    return np.concatenate([np.asarray(predict(b), dtype=np.float32) for b in batches])
+    out = []
+    for batch in natural_batches(tokenizer, texts, input_names, max_length, batch_size):
+        give_way()  # scoring is untimed: it pauses while another process times
+        out.append(np.asarray(predict(batch), dtype=np.float32))
+    return np.concatenate(out)
 
 
 def verdict(quality: Quality, agreement: Agreement, reference: Quality, thresholds: Thresholds) -> str:

@@ -25,11 +25,14 @@ from quantmatrix.machine_lock import (
     LoadWindow,
     TimingLock,
     busy_seconds,
+    give_way,
+    give_way_to,
     is_disturbed,
     lock_dir,
 )
 from quantmatrix.spec import MeasureSpec
 from quantmatrix.store import Store
+from quantmatrix.turns import Coordinator, Participant
 from runners.measure import Inputs, time_predict
 
 REPO = Path(__file__).resolve().parent.parent
@@ -181,6 +184,80 @@ def test_timed_phases_of_two_processes_take_turns(tmp_path):
     first, second = sorted(spans, key=lambda s: s["from"])
     assert first["until"] <= second["from"], spans  # never timed at once
     assert first["wait"] >= 0.4 and second["wait"] >= first["wait"] + 0.3  # the second also waited out the first
+
+
+SCORING_CHILD = """
+    import time
+    from quantmatrix.machine_lock import give_way_to
+    from quantmatrix.progress import Progress
+
+    give_way_to({lock_dir!r}, log=lambda line: print(line, flush=True))
+    print("ready", flush=True)
+    with Progress(3, "score", unit="batch", every=0) as p:
+        for i in range(3):
+            p.update(i + 1)  # a yield point: waits here while another process holds the turn
+            print(f"step {{time.time()}}", flush=True)
+"""
+
+
+def test_untimed_work_of_another_process_pauses_while_a_turn_is_held(tmp_path):
+    """A job's long untimed loop (here a progress-reporting one) stops at its next step while another
+    process times, and goes on when that turn ends: its steps never land inside the timed span."""
+    timing = TimingLock(tmp_path / ".locks", quiet_wait=0)
+    child = _child(SCORING_CHILD.format(lock_dir=str(tmp_path / ".locks")))
+    try:
+        assert child.stdout is not None
+        with timing.turn():
+            assert child.stdout.readline().strip() == "ready"
+            held_from = time.time()
+            time.sleep(0.6)
+            held_until = time.time()
+        out = child.stdout.read()
+    finally:
+        _kill(child)
+    lines = out.strip().splitlines()
+    assert lines[0].startswith(f"[wait  ] giving way: another process is timing (held by pid {os.getpid()}"), out
+    assert lines[1].startswith("[wait  ] went on after"), out
+    steps = [float(line.split()[1]) for line in lines if line.startswith("step ")]
+    assert len(steps) == 3 and all(not held_from <= t <= held_until for t in steps), (held_from, held_until, out)
+    assert steps[0] > held_until
+
+
+def test_giving_way_never_waits_on_a_turn_this_process_holds(tmp_path):
+    give_way_to(tmp_path / ".locks")
+    try:
+        with TimingLock(tmp_path / ".locks", quiet_wait=0).turn():
+            assert give_way() == 0.0  # would block forever if it took its own process's lock for another's
+        assert give_way() == 0.0  # nobody holds it
+    finally:
+        give_way_to(None)
+
+
+def test_a_participant_stops_giving_way_once_the_coordinator_grants_turns(tmp_path):
+    """A turn group's coordinator (another process) holds the timing turn while its own jobs time: once
+    ready, a participant must not wait on that turn."""
+    path = tmp_path / ".locks" / "timing.lock"
+    holder = _child(f"""
+        import time
+        from quantmatrix.machine_lock import FileLock
+        lock = FileLock({str(path)!r}, "timing turn")
+        assert lock.try_acquire()
+        print("held", flush=True)
+        time.sleep(3)
+    """)
+    give_way_to(tmp_path / ".locks")
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        directory = tmp_path / "turns"
+        with Coordinator(directory, ["a"], seed=0):
+            participant = Participant(directory, "a")
+            participant.ready(["b1-padded"])
+            assert give_way() == 0.0  # else it would wait out the holder's 3 s
+            assert holder.poll() is None and not FileLock(path, "x").try_acquire()  # still held meanwhile
+            participant.close()
+    finally:
+        _kill(holder)
+        give_way_to(None)
 
 
 def test_the_lock_directory_is_under_the_store_every_container_mounts(tmp_path):
