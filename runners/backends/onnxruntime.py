@@ -19,6 +19,7 @@ import numpy as np
 
 from quantmatrix.capabilities import Capability
 from runners import LoadRequest, Skip, runner
+from runners.graph_backend import GraphSession, import_or_skip
 
 _LEVELS = {
     "disable": "ORT_DISABLE_ALL",
@@ -116,30 +117,24 @@ def create_session(ort: Any, path: Path, so: Any, providers: list[Any]) -> Any:
     return session
 
 
-class OrtSession:
+class OrtSession(GraphSession):
+    """An InferenceSession; on the GPU providers, fed and read through IOBinding when asked."""
+
     def __init__(self, session: Any, options: dict[str, Any], *, io_binding: bool = False) -> None:
-        self._session = session
-        self.input_names = tuple(i.name for i in session.get_inputs())
-        outputs = [o.name for o in session.get_outputs()]
-        self._output = "logits" if "logits" in outputs else outputs[0]
-        self._options = options
+        super().__init__(session, options)
         self._io_binding = io_binding
 
     def predict(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-        # Bound by name: the feed is a dict keyed by the model's own input names.
         if not self._io_binding:
-            return self._session.run([self._output], {k: inputs[k] for k in self.input_names})[0]
+            return super().predict(inputs)
         # GPU providers: inputs bound by name from host memory, the output left on the device and
         # copied back once, so ORT does no per-call output allocation on the host side.
-        binding = self._session.io_binding()
+        binding = self.graph.io_binding()
         for name in self.input_names:
             binding.bind_cpu_input(name, np.ascontiguousarray(inputs[name]))
-        binding.bind_output(self._output, "cuda")
-        self._session.run_with_iobinding(binding)
+        binding.bind_output(self.output, "cuda")
+        self.graph.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
-
-    def options(self) -> dict[str, Any]:
-        return dict(self._options)
 
 
 def load_error(e: Exception) -> str:
@@ -152,11 +147,8 @@ def load_error(e: Exception) -> str:
 
 def load_lm(request: LoadRequest) -> tuple[Any, dict[str, Any]]:
     """A causal-LM graph for generation: the classifier session's own loader sets providers, threads,
-    spinning and optimisation level; generation binds the same InferenceSession through OrtLM."""
-    from quantmatrix.causal_lm import OrtLM
-
-    session = load(request)
-    return OrtLM(session._session), session.options()
+    spinning and optimisation level; generation steps the same InferenceSession."""
+    return load(request).as_lm()
 
 
 @runner(
@@ -168,10 +160,7 @@ def load_lm(request: LoadRequest) -> tuple[Any, dict[str, Any]]:
     load_lm=load_lm,
 )
 def load(request: LoadRequest) -> OrtSession:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise Skip("onnxruntime is not installed") from None
+    ort = import_or_skip("onnxruntime")
     p: OrtParams = request.params
     if p.provider != "cpu":
         from quantmatrix.gpu import probe_cuda

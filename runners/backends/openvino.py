@@ -6,15 +6,13 @@ are read back after compiling and recorded with the OpenVINO version, so a resul
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
-
-import numpy as np
 
 from quantmatrix.capabilities import Capability
 from quantmatrix.errors import QuantmatrixError
 from runners import LoadRequest, Skip, runner
+from runners.graph_backend import GraphSession, import_or_skip
 
 # Compiled-model properties kept in provenance (the others are constant plugin internals).
 PROVENANCE = (
@@ -58,22 +56,6 @@ def plugin_config(p: OpenVinoParams, threads: int) -> dict[str, Any]:
     return config
 
 
-class OpenVinoSession:
-    """A classifier on OpenVINO: inputs bound by the model's tensor names, the logits output returned."""
-
-    def __init__(self, model: Any, options: dict[str, Any]) -> None:
-        self.model = model  # quantmatrix.openvino_model.OvModel
-        self.input_names = model.input_names
-        self._output = "logits" if "logits" in model.output_names else model.output_names[0]
-        self._options = options
-
-    def predict(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-        return self.model.infer({k: inputs[k] for k in self.input_names}, [self._output])[0]
-
-    def options(self) -> dict[str, Any]:
-        return dict(self._options)
-
-
 def _plain(value: Any) -> str:
     """A property value as text: an element type by its name ("f32"), an enum by its member name."""
     if hasattr(value, "get_type_name"):
@@ -85,11 +67,8 @@ def _plain(value: Any) -> str:
 
 def load_lm(request: LoadRequest) -> tuple[Any, dict[str, Any]]:
     """A causal-LM IR for generation: OvModel speaks ONNX Runtime's session surface, so the same
-    stepper (OrtLM) binds the same names as on onnxruntime."""
-    from quantmatrix.causal_lm import OrtLM
-
-    session = load(request)
-    return OrtLM(session.model), session.options()
+    stepper binds the same names as on onnxruntime."""
+    return load(request).as_lm()
 
 
 @runner(
@@ -99,11 +78,8 @@ def load_lm(request: LoadRequest) -> tuple[Any, dict[str, Any]]:
     capabilities={Capability.SCORES_QUALITY, Capability.GENERATES},
     load_lm=load_lm,
 )
-def load(request: LoadRequest) -> OpenVinoSession:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        raise Skip("openvino is not installed") from None
+def load(request: LoadRequest) -> GraphSession:
+    import_or_skip("openvino")
     from quantmatrix.openvino_model import IR_FILE, compile_cpu, read_model, version
 
     if request.device != "cpu":
@@ -117,7 +93,7 @@ def load(request: LoadRequest) -> OpenVinoSession:
             compiled[name] = _plain(model.compiled.get_property(name))
         except RuntimeError:  # a property this OpenVINO version does not have
             continue
-    return OpenVinoSession(
+    return GraphSession(
         model,
         options={
             "openvino": version(),
