@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 LOCK_DIR = ".locks"
 TIMING_LOCK = "timing.lock"
@@ -55,7 +56,7 @@ class FileLock:
 
     # Lock files this process holds now, whichever FileLock holds them: `give_way` must not wait on a
     # turn its own process holds (a second flock on the same file from one process would block on itself).
-    held_here: set[Path] = set()
+    held_here: ClassVar[set[Path]] = set()
 
     def __init__(self, path: Path, what: str) -> None:
         self.path = Path(path)
