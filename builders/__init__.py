@@ -43,6 +43,7 @@ def link_tree(src: Path, dst: Path) -> None:
 class Input:
     manifest: Manifest
     path: Path
+    role: str = "source"  # its key in BuildContext.inputs, so a refusal names the input at fault
 
     def file(self, name: str | None = None) -> Path:
         rel = name or self.manifest.entry
@@ -50,11 +51,13 @@ class Input:
             raise ArtifactError(f"artefact {self.manifest.key}: manifest names no entry file")
         return self.path / rel
 
-    def require(self, what: str, *, format: str, task: str | None = None) -> None:
-        """Fail the build unless this input is a `format` artefact (of `task`); `what` says what the builder does."""
+    def require(self, what: str, *, format: str, task: str | None = None, precision: str | None = None) -> None:
+        """Fail the build unless this input is a `format` artefact (of `task`, in `precision`); `what` says what
+        the builder does."""
         m = self.manifest
-        if m.format != format or (task is not None and m.task != task):
-            raise QuantmatrixError(f"{what}; source {m.key} is {m.format} {m.task}")
+        wrong_task = task is not None and m.task != task
+        if m.format != format or wrong_task or (precision is not None and m.precision != precision):
+            raise QuantmatrixError(f"{what}; {self.role} {m.key} is {m.precision} {m.format} {m.task}")
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,7 @@ def run_job(
     inputs = {}
     for role, key in job.inputs.items():
         try:
-            inputs[role] = Input(manifest=store.load(key, verify=False), path=store.path(key))
+            inputs[role] = Input(manifest=store.load(key, verify=False), path=store.path(key), role=role)
         except ArtifactError as e:
             raise ArtifactError(f"{job.name}: input {role!r} is not available: {e}") from None
 

@@ -198,11 +198,14 @@ def op_counts(path: Path) -> dict[str, int]:
     return {k: v for k, v in sorted(counts.items()) if k in keep}
 
 
-def onnx_manifest(
+def model_manifest(
     ctx: Any,
     params: Any,
-    model_path: Path,
     *,
+    format: str,
+    entry: str,
+    io: tuple[list[TensorSpec], list[TensorSpec]],
+    facts: dict[str, Any],
     precision: str,
     device: str,
     steps: list[str],
@@ -210,10 +213,19 @@ def onnx_manifest(
     extra: dict[str, Any],
     **fields: Any,
 ) -> Any:
-    """The manifest every ONNX builder writes: entry, tokenizer, graph I/O, opset and op counts filled in."""
-    inputs, outputs = graph_io(model_path)
+    """The manifest of a model file served with tokenizer/ beside it: its own (inputs, outputs) `io`, and
+    `facts` about the file ahead of the builder's `extra`."""
+    inputs, outputs = io
     return ctx.manifest(
-        format="onnx", precision=precision, params=params, entry=model_path.name, tokenizer="tokenizer",
+        format=format, precision=precision, params=params, entry=entry, tokenizer="tokenizer",
         io_inputs=inputs, io_outputs=outputs, device=device, steps=steps, metrics=metrics,
-        extra={"opset": opset_of(model_path), "op_counts": op_counts(model_path), **extra}, **fields,
+        extra={**facts, **extra}, **fields,
     )  # fmt: skip
+
+
+def onnx_manifest(ctx: Any, params: Any, model_path: Path, **fields: Any) -> Any:
+    """The manifest every ONNX builder writes (`model_manifest`'s `fields`): graph I/O, opset and op counts."""
+    facts = {"opset": opset_of(model_path), "op_counts": op_counts(model_path)}
+    return model_manifest(
+        ctx, params, format="onnx", entry=model_path.name, io=graph_io(model_path), facts=facts, **fields
+    )

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from builders._onnx import batches
+from builders._onnx import batches, model_manifest
 from quantmatrix.openvino_model import IR_FILE, OvModel, compile_cpu, io_specs, read_model
 
 # The checks compare against FP32: keep the CPU plugin from running an IR in bf16 where it could.
@@ -48,26 +48,14 @@ def op_counts(model: Any) -> dict[str, int]:
     return {k: v for k, v in sorted(counts.items()) if k in _KEEP_OPS or k.startswith("Constant[")}
 
 
-def ir_manifest(
-    ctx: Any,
-    params: Any,
-    *,
-    precision: str,
-    device: str,
-    steps: list[str],
-    metrics: dict[str, float],
-    extra: dict[str, Any],
-) -> Any:
-    """The manifest every OpenVINO builder writes: the IR entry, its own I/O, op counts, the OpenVINO version."""
+def ir_manifest(ctx: Any, params: Any, **fields: Any) -> Any:
+    """The manifest every OpenVINO builder writes (`model_manifest`'s `fields`): the IR's own I/O, op counts,
+    the OpenVINO version."""
     from quantmatrix.openvino_model import version
 
     model = read_model(ctx.out / IR_FILE)
-    inputs, outputs = io_specs(model)
-    return ctx.manifest(
-        format="openvino", precision=precision, params=params, entry=IR_FILE, tokenizer="tokenizer",
-        io_inputs=inputs, io_outputs=outputs, device=device, steps=steps, metrics=metrics,
-        extra={"openvino": version(), "op_counts": op_counts(model), **extra},
-    )  # fmt: skip
+    facts = {"openvino": version(), "op_counts": op_counts(model)}
+    return model_manifest(ctx, params, format="openvino", entry=IR_FILE, io=io_specs(model), facts=facts, **fields)
 
 
 def check_ir_lm(xml_path: Path, ref_path: Path) -> dict[str, float]:

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 from builders import BuildContext, builder, link_tree
 from builders._onnx import export_onnx, load_tokenizer, onnx_manifest, require_fp32_match, validation_check
-from quantmatrix.errors import QuantmatrixError
 from quantmatrix.records import Manifest
 
 
@@ -25,8 +24,7 @@ class OnnxFp32Params:
 @builder("onnx-fp32", params=OnnxFp32Params, output_format="onnx")
 def build(ctx: BuildContext, params: OnnxFp32Params) -> Manifest:
     ref = ctx.reference
-    if ref.manifest.format != "torch":
-        raise QuantmatrixError(f"onnx-fp32 exports a torch reference, got format {ref.manifest.format!r}")
+    ref.require("onnx-fp32 exports a torch reference", format="torch")
     export_onnx(ref.path / (ref.manifest.entry or "model"), ctx.out / "model.onnx", params.opset)
     model_path = ctx.out / "model.onnx"
     steps = [f"export: optimum main_export task=text-classification opset={params.opset}"]

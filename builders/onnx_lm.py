@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from builders import BuildContext, builder, link_tree
 from builders._onnx import onnx_manifest, require_fp32_match
 from builders._onnx_lm import check_lm, export_lm, lm_io
-from quantmatrix.errors import QuantmatrixError
 from quantmatrix.records import Manifest
 
 
@@ -27,10 +26,7 @@ class OnnxLmParams:
 @builder("onnx-lm", params=OnnxLmParams, output_format="onnx")
 def build(ctx: BuildContext, params: OnnxLmParams) -> Manifest:
     ref = ctx.reference
-    if ref.manifest.format != "torch" or ref.manifest.task != "text-generation":
-        raise QuantmatrixError(
-            f"onnx-lm exports a torch causal-LM reference, got {ref.manifest.format} {ref.manifest.task}"
-        )
+    ref.require("onnx-lm exports a torch causal-LM reference", format="torch", task="text-generation")
     model_path = ctx.out / "model.onnx"
     task = export_lm(ref.path / (ref.manifest.entry or "model"), model_path, params.opset, params.with_past)
     steps = [f"export: optimum main_export task={task} opset={params.opset}"]

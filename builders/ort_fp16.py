@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 from builders import BuildContext, builder, link_tree
 from builders._onnx import load_tokenizer, onnx_manifest, save_model, validation_check
-from quantmatrix.errors import QuantmatrixError
 from quantmatrix.records import Manifest
 
 
@@ -28,11 +27,7 @@ def build(ctx: BuildContext, params: OrtFp16Params) -> Manifest:
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     src = ctx.source
-    if src.manifest.format != "onnx" or src.manifest.precision != "fp32":
-        raise QuantmatrixError(
-            f"ort-fp16 converts an FP32 ONNX model; source {src.manifest.key} is {src.manifest.format} "
-            f"{src.manifest.precision}"
-        )
+    src.require("ort-fp16 converts an FP32 ONNX model", format="onnx", precision="fp32")
     model = onnx.load(str(src.file()))
     blocked = sorted({*DEFAULT_OP_BLOCK_LIST, *params.op_block_list})
     half = convert_float_to_float16(model, keep_io_types=params.keep_io_types, op_block_list=blocked)

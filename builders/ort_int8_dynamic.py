@@ -10,20 +10,18 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from builders import BuildContext, builder, link_tree
 from builders._onnx import load_tokenizer, onnx_manifest, save_model, validation_check
+from builders._ort_dynamic import quantize_dynamic_int8
 from quantmatrix.errors import QuantmatrixError
 from quantmatrix.records import DecoderArch, EncoderArch, Manifest
+from quantmatrix.sensitivity import QuantSettings
 
 
 @dataclass(frozen=True)
-class OrtInt8DynamicParams:
-    per_channel: bool = False
-    # 7-bit weights: avoids u8*s8 saturation on x86 CPUs without VNNI, at some accuracy cost.
-    reduce_range: bool = False
-    weight_type: Literal["int8", "uint8"] = "int8"
+class OrtInt8DynamicParams(QuantSettings):
     # Fuse attention/LayerNorm/GELU first (onnxruntime.transformers.optimizer, model_type bert).
     fusion: bool = False
     op_types: tuple[str, ...] = ()  # empty: every op type quantize_dynamic supports
@@ -56,9 +54,6 @@ def fuse(src: Path, dst: Path, arch: EncoderArch | DecoderArch | None, model_typ
 
 @builder("ort-int8-dynamic", params=OrtInt8DynamicParams, output_format="onnx")
 def build(ctx: BuildContext, params: OrtInt8DynamicParams) -> Manifest:
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     src = ctx.source
     src.require("ort-int8-dynamic quantises an ONNX model", format="onnx")
     steps: list[str] = []
@@ -73,20 +68,9 @@ def build(ctx: BuildContext, params: OrtInt8DynamicParams) -> Manifest:
             )
             extra["fused_ops"] = ops
             model_in = fused
-        quantize_dynamic(
-            str(model_in),
-            str(ctx.out / "model.onnx"),
-            op_types_to_quantize=list(params.op_types) or None,
-            per_channel=params.per_channel,
-            reduce_range=params.reduce_range,
-            weight_type=QuantType.QInt8 if params.weight_type == "int8" else QuantType.QUInt8,
-        )
+        quantize_dynamic_int8(model_in, ctx.out / "model.onnx", params, params.op_types)
     model_path = ctx.out / "model.onnx"
-    save_model(onnx.load(str(model_path)), model_path)
-    steps.append(
-        f"quantize: dynamic INT8, weights {params.weight_type} "
-        f"{'per channel' if params.per_channel else 'per tensor'}{', reduce_range' if params.reduce_range else ''}"
-    )
+    steps.append(f"quantize: {params.describe()}")
     link_tree(src.path / (src.manifest.tokenizer or "tokenizer"), ctx.out / "tokenizer")
     check = validation_check(ctx, model_path, load_tokenizer(ctx.out / "tokenizer"), params.check_examples)
     steps.append(

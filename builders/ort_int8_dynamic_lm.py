@@ -11,20 +11,18 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from builders import BuildContext, builder, link_tree
 from builders._onnx import onnx_manifest, save_model
 from builders._onnx_lm import check_lm, lm_head_path, lm_io, materialise_lm_head
+from builders._ort_dynamic import quantize_dynamic_int8
 from quantmatrix.records import Manifest
+from quantmatrix.sensitivity import QuantSettings
 
 
 @dataclass(frozen=True)
-class OrtInt8DynamicLmParams:
-    per_channel: bool = False
-    # 7-bit weights: avoids u8*s8 saturation on x86 CPUs without VNNI, at some accuracy cost.
-    reduce_range: bool = False
-    weight_type: Literal["int8", "uint8"] = "int8"
+class OrtInt8DynamicLmParams(QuantSettings):
     # Give the output projection its own weight before quantising (off only to show the trap).
     untie_lm_head: bool = True
     op_types: tuple[str, ...] = ("MatMul", "Gemm")  # empty: every op type quantize_dynamic supports
@@ -33,7 +31,6 @@ class OrtInt8DynamicLmParams:
 @builder("ort-int8-dynamic-lm", params=OrtInt8DynamicLmParams, output_format="onnx")
 def build(ctx: BuildContext, params: OrtInt8DynamicLmParams) -> Manifest:
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     src = ctx.source
     src.require("ort-int8-dynamic-lm quantises a causal-LM ONNX export", format="onnx", task="text-generation")
@@ -48,15 +45,7 @@ def build(ctx: BuildContext, params: OrtInt8DynamicLmParams) -> Manifest:
             steps.append(f"prepare: materialise the output projection: {done or 'already its own initializer'}")
             model_in = Path(tmp) / "untied.onnx"
             save_model(model, model_in)
-        quantize_dynamic(
-            str(model_in),
-            str(model_path),
-            op_types_to_quantize=list(params.op_types) or None,
-            per_channel=params.per_channel,
-            reduce_range=params.reduce_range,
-            weight_type=QuantType.QInt8 if params.weight_type == "int8" else QuantType.QUInt8,
-        )
-    save_model(onnx.load(str(model_path)), model_path)
+        quantize_dynamic_int8(model_in, model_path, params, params.op_types)
     steps.append(
         f"quantize: dynamic INT8 of {', '.join(params.op_types) or 'every supported op'}, weights {params.weight_type} "
         f"{'per channel' if params.per_channel else 'per tensor'}{', reduce_range' if params.reduce_range else ''}"

@@ -76,11 +76,7 @@ def build(ctx: BuildContext, params: OrtInt8MixedParams) -> Manifest:
     from quantmatrix import sensitivity as sens
 
     src = ctx.source
-    if src.manifest.format != "onnx" or src.manifest.precision != "fp32":
-        raise QuantmatrixError(
-            f"ort-int8-mixed quantises an FP32 ONNX model; source {src.manifest.key} is "
-            f"{src.manifest.precision} {src.manifest.format}"
-        )
+    src.require("ort-int8-mixed quantises an FP32 ONNX model", format="onnx", precision="fp32")
     model_in = src.file()
     tokenizer = load_tokenizer(src.path / (src.manifest.tokenizer or "tokenizer"))
     examples = list(ctx.data.split(params.split))

@@ -15,26 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from builders import BuildContext, builder, link_tree
-from builders._onnx import (
-    export_onnx,
-    load_tokenizer,
-    onnx_manifest,
-    ort_logits,
-    save_model,
-    validation_check,
-)
-from builders._training import fine_tune, seed_all, torch_reference, train_split
-from quantmatrix.metrics import quality
+from builders._onnx import export_onnx, load_tokenizer, onnx_manifest, ort_logits, save_model
+from builders._qat import FineTuneParams, check_int8, qat_fine_tune, validation_macro_f1
+from builders._training import seed_all, torch_reference, train_split
 from quantmatrix.records import Manifest
 
 
 @dataclass(frozen=True)
-class QatParams:
-    epochs: float = 1.0
-    learning_rate: float = 2e-5
-    batch_size: int = 32
-    max_train_examples: int = 1000  # 0: the whole train split
-    seed: int = 1234
+class QatParams(FineTuneParams):
     per_channel: bool = True  # the final ONNX Runtime weights, matching the per-channel fake quant
     opset: int = 18
     check_examples: int = 128
@@ -43,9 +31,7 @@ class QatParams:
 def _validation_f1(model: object, tokenizer: object, ctx: BuildContext) -> float:
     from builders.reference import predict_logits
 
-    examples = ctx.data.split("validation")
-    logits = predict_logits(model, tokenizer, [e.text for e in examples], ctx.model.max_length)
-    return quality([e.label for e in examples], logits.argmax(-1), ctx.data.labels).macro_f1
+    return validation_macro_f1(ctx, lambda texts: predict_logits(model, tokenizer, texts, ctx.model.max_length))
 
 
 @builder("qat", params=QatParams, output_format="onnx")
@@ -81,12 +67,7 @@ def build(ctx: BuildContext, params: QatParams) -> Manifest:
         return model(**batch, labels=y[idx]).loss
 
     model.train()
-    run = fine_tune(
-        model.parameters(), loss_of, len(train),
-        epochs=params.epochs, batch_size=params.batch_size, learning_rate=params.learning_rate, seed=params.seed,
-        what="QAT fine-tune",
-    )  # fmt: skip
-    ctx.log(f"  QAT: {run.steps} steps in {run.seconds:.0f}s, final loss {run.final_loss:.4f}")
+    run = qat_fine_tune(ctx, params, model.parameters(), loss_of, len(train), "QAT")
     steps.append(run.step_line())
 
     quantize_(model, QATConfig(step="convert"))
@@ -114,19 +95,15 @@ def build(ctx: BuildContext, params: QatParams) -> Manifest:
         f"quantize: ONNX Runtime dynamic INT8, weights {'per channel' if params.per_channel else 'per tensor'}"
     )
     link_tree(ref.path / (ref.manifest.tokenizer or "tokenizer"), ctx.out / "tokenizer")
-    check = validation_check(ctx, model_path, tokenizer, params.check_examples)
-    validation = ctx.data.split("validation")
-    int8_logits = ort_logits(model_path, tokenizer, [e.text for e in validation], ctx.model.max_length)
-    f1_int8 = quality([e.label for e in validation], int8_logits.argmax(-1), ctx.data.labels).macro_f1
-    steps.append(
-        f"check: top-1 agreement {check['check_top1_agreement']:.3f} on {check['check_examples']} test examples, "
-        f"INT8 validation macro-F1 {f1_int8:.4f}"
+    int8 = check_int8(
+        ctx, lambda texts: ort_logits(model_path, tokenizer, texts, ctx.model.max_length), params.check_examples
     )
-    metrics = check | {
+    steps.append(int8.step_line())
+    metrics = int8.reference | {
         **run.metrics(),
         "validation_macro_f1_before": round(f1_before, 4),
         "validation_macro_f1_after_qat": round(f1_after, 4),
-        "validation_macro_f1_int8": round(f1_int8, 4),
+        "validation_macro_f1_int8": round(int8.macro_f1, 4),
     }
     note = (
         "fake quant trained int8 per-token activations; ONNX Runtime dynamic INT8 quantises them per tensor "

@@ -15,21 +15,16 @@ from typing import Any
 import numpy as np
 
 from builders import BuildContext, builder
-from builders._onnx import encode, graph_logits, load_tokenizer, reference_check
+from builders._onnx import encode, graph_logits, load_tokenizer
+from builders._qat import FineTuneParams, check_int8, qat_fine_tune
 from builders._recipe import LINK_STEP, link_reference, recipe_manifest
-from builders._training import fine_tune, seed_all, torch_reference, train_split
-from quantmatrix.metrics import quality
+from builders._training import seed_all, torch_reference, train_split
 from quantmatrix.records import Manifest, Pt2eQatInt8Load
 from quantmatrix.torch_recipes import prepare_qat, rebuild
 
 
 @dataclass(frozen=True)
-class QatPt2eParams:
-    epochs: float = 1.0
-    learning_rate: float = 2e-5
-    batch_size: int = 32
-    max_train_examples: int = 1000  # 0: the whole train split
-    seed: int = 1234
+class QatPt2eParams(FineTuneParams):
     check_examples: int = 128
 
 
@@ -85,12 +80,7 @@ def build(ctx: BuildContext, params: QatPt2eParams) -> Manifest:
         logits = out.logits if hasattr(out, "logits") else out[0]
         return torch.nn.functional.cross_entropy(logits, y[idx])
 
-    run = fine_tune(
-        prepared.parameters(), loss_of, len(train),
-        epochs=params.epochs, batch_size=params.batch_size, learning_rate=params.learning_rate, seed=params.seed,
-        what="QAT (PT2E) fine-tune",
-    )  # fmt: skip
-    ctx.log(f"  QAT (PT2E): {run.steps} steps in {run.seconds:.0f}s, final loss {run.final_loss:.4f}")
+    run = qat_fine_tune(ctx, params, prepared.parameters(), loss_of, len(train), "QAT (PT2E)")
     steps.append(run.step_line())
 
     set_dropout_training(prepared, False)
@@ -106,21 +96,15 @@ def build(ctx: BuildContext, params: QatPt2eParams) -> Manifest:
     def logits_of(texts: list[str]) -> np.ndarray:
         return graph_logits(converted, tokenizer, names, texts, ctx.model.max_length)
 
-    check = reference_check(ctx, logits_of, params.check_examples)
-    validation = ctx.data.split("validation")
-    predicted = logits_of([e.text for e in validation]).argmax(-1)
-    f1_int8 = quality([e.label for e in validation], predicted, ctx.data.labels).macro_f1
+    int8 = check_int8(ctx, logits_of, params.check_examples)
     manifest.metrics = {
-        **check,
+        **int8.reference,
         **run.metrics(),
         "final_loss": round(run.final_loss, 4),
-        "validation_macro_f1_int8": round(f1_int8, 4),
+        "validation_macro_f1_int8": round(int8.macro_f1, 4),
     }
     if "validation_macro_f1" in ref.manifest.metrics:
         manifest.metrics["validation_macro_f1_before"] = ref.manifest.metrics["validation_macro_f1"]
-    steps.append(
-        f"check: top-1 agreement {check['check_top1_agreement']:.3f} on {check['check_examples']} test examples, "
-        f"INT8 validation macro-F1 {f1_int8:.4f}"
-    )
+    steps.append(int8.step_line())
     manifest.steps = steps
     return manifest

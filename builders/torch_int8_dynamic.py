@@ -13,7 +13,6 @@ from typing import Literal
 from builders import BuildContext, builder
 from builders._onnx import load_tokenizer, reference_check
 from builders._recipe import link_reference, recipe_manifest
-from quantmatrix.errors import QuantmatrixError
 from quantmatrix.records import DynamicInt8Load, Manifest
 from quantmatrix.torch_recipes import TORCH_AO_DEPRECATION, apply
 
@@ -32,9 +31,7 @@ def build(ctx: BuildContext, params: TorchInt8DynamicParams) -> Manifest:
 
     from builders.reference import predict_logits
 
-    ref = ctx.reference
-    if ref.manifest.format != "torch":
-        raise QuantmatrixError(f"torch-int8-dynamic quantises a torch reference, got {ref.manifest.format!r}")
+    ctx.reference.require("torch-int8-dynamic quantises a torch reference", format="torch")
     steps = [link_reference(ctx)]
 
     load = DynamicInt8Load(engine=params.engine, keep_fp32=list(params.keep_fp32))

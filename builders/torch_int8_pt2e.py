@@ -29,10 +29,8 @@ class TorchInt8Pt2eParams:
 
 @builder("torch-int8-pt2e", params=TorchInt8Pt2eParams, output_format="torch")
 def build(ctx: BuildContext, params: TorchInt8Pt2eParams) -> Manifest:
-
     ref = ctx.reference
-    if ref.manifest.format != "torch":
-        raise QuantmatrixError(f"torch-int8-pt2e quantises a torch reference, got {ref.manifest.format!r}")
+    ref.require("torch-int8-pt2e quantises a torch reference", format="torch")
     link_reference(ctx)
     tokenizer = load_tokenizer(ctx.out / "tokenizer")
     names = [t.name for t in ref.manifest.io_inputs]

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 
-from builders._onnx import require_fp32_match
+from builders import Input
+from builders._onnx import model_manifest, require_fp32_match
+from builders._qat import FineTuneParams, Int8Check, check_int8, qat_fine_tune
 from builders._training import fine_tune, train_split
 from quantmatrix.data import Example, LabelledData
 from quantmatrix.discovery import require_home
 from quantmatrix.errors import QuantmatrixError
+from quantmatrix.records import Manifest
+from quantmatrix.sensitivity import QuantSettings
 
 
 def test_a_registered_part_must_live_in_the_file_named_after_it():
@@ -57,3 +65,87 @@ def test_an_fp32_conversion_that_changes_a_prediction_is_refused_naming_what_dif
     lm = {"check_max_abs_logit_diff": 1e-5, "check_token_agreement": 1.0, "check_cache_equal": 0.0}
     with pytest.raises(QuantmatrixError, match=r"OpenVINO IR: greedy tokens with the KV cache differ"):
         require_fp32_match(lm, 1e-3, "check_token_agreement", "OpenVINO IR")
+
+
+def test_an_input_of_the_wrong_format_task_or_precision_is_refused_naming_its_role():
+    m = Manifest(key="k1", builder="b", variant="v", model="m", format="onnx", precision="int8", task="t",
+                 created="2026-01-01T00:00:00Z")  # fmt: skip
+    src = Input(manifest=m, path=Path("."))
+    src.require("x quantises ONNX", format="onnx", task="t")
+    with pytest.raises(QuantmatrixError, match=r"^x quantises an FP32 ONNX model; source k1 is int8 onnx t$"):
+        src.require("x quantises an FP32 ONNX model", format="onnx", precision="fp32")
+    with pytest.raises(QuantmatrixError, match=r"; reference k1 is int8 onnx t$"):
+        Input(manifest=m, path=Path("."), role="reference").require("x exports a torch reference", format="torch")
+
+
+def test_a_model_manifest_puts_the_files_facts_ahead_of_the_builders_extra():
+    ctx = SimpleNamespace(manifest=lambda **kw: kw)
+    got = model_manifest(
+        ctx, "params", format="onnx", entry="model.onnx", io=(["i"], ["o"]), facts={"opset": 18, "op_counts": {}},
+        precision="int8", device="cpu", steps=["s"], metrics={"m": 1.0}, extra={"quantizer": "q"}, notes=["n"],
+    )  # fmt: skip
+    assert got == {
+        "format": "onnx", "precision": "int8", "params": "params", "entry": "model.onnx", "tokenizer": "tokenizer",
+        "io_inputs": ["i"], "io_outputs": ["o"], "device": "cpu", "steps": ["s"], "metrics": {"m": 1.0},
+        "extra": {"opset": 18, "op_counts": {}, "quantizer": "q"}, "notes": ["n"],
+    }  # fmt: skip
+    assert list(got["extra"]) == ["opset", "op_counts", "quantizer"]
+
+
+def _classifier_ctx(tmp_path: Path, test_logits: np.ndarray) -> SimpleNamespace:
+    (tmp_path / "eval").mkdir()
+    np.save(tmp_path / "eval" / "test_logits.npy", test_logits)
+    splits = {
+        "test": tuple(Example(f"t{i}", i % 2) for i in range(len(test_logits))),
+        "validation": (Example("a", 0), Example("b", 1), Example("c", 1), Example("d", 0)),
+    }
+    return SimpleNamespace(data=LabelledData("d", ("x", "y"), splits), reference=SimpleNamespace(path=tmp_path))
+
+
+def test_the_int8_check_scores_one_logits_function_against_the_reference_and_on_validation(tmp_path):
+    ctx = _classifier_ctx(tmp_path, np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]], dtype=np.float32))
+
+    def logits_of(texts: list[str]) -> np.ndarray:  # predicts class 1 for "b" and "t1" only
+        return np.array([[0.0, 1.0] if t in ("b", "t1") else [1.0, 0.0] for t in texts], dtype=np.float32)
+
+    got = check_int8(ctx, logits_of, 2)
+    assert got.reference == {"check_max_abs_logit_diff": 0.0, "check_top1_agreement": 1.0, "check_examples": 2}
+    assert got.macro_f1 == pytest.approx((0.8 + 2 / 3) / 2)  # class x: P 2/3 R 1; class y: P 1 R 1/2
+    assert Int8Check({"check_top1_agreement": 0.5, "check_examples": 4}, 0.81234).step_line() == (
+        "check: top-1 agreement 0.500 on 4 test examples, INT8 validation macro-F1 0.8123"
+    )
+
+
+def test_a_qat_fine_tune_runs_with_the_params_options_and_logs_its_summary():
+    torch = pytest.importorskip("torch")
+    w = torch.nn.Parameter(torch.zeros(1))
+    lines: list[str] = []
+    ctx = SimpleNamespace(log=lines.append)
+    run = qat_fine_tune(ctx, FineTuneParams(epochs=2, batch_size=3, seed=0), [w], lambda idx: (w - 1).pow(2).sum(), 5,
+                        "QAT")  # fmt: skip
+    assert (run.steps, run.batch_size, run.epochs, run.learning_rate) == (4, 3, 2, 2e-5)
+    assert lines == [f"  QAT: 4 steps in {run.seconds:.0f}s, final loss {run.final_loss:.4f}"]
+
+
+@pytest.mark.parametrize(("weight_type", "dtype"), [("int8", 3), ("uint8", 2)])
+def test_dynamic_int8_quantises_the_weights_in_the_chosen_type_and_caps_the_ir_version(tmp_path, weight_type, dtype):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from builders._onnx import MAX_IR_VERSION
+    from builders._ort_dynamic import quantize_dynamic_int8
+
+    weight = numpy_helper.from_array(np.arange(16, dtype=np.float32).reshape(4, 4) / 8, "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [weight],
+    )  # fmt: skip
+    src, dst = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(src))
+    quantize_dynamic_int8(src, dst, QuantSettings(weight_type=weight_type), ("MatMul",))
+    model = onnx.load(str(dst))
+    assert model.ir_version <= MAX_IR_VERSION
+    assert "MatMulInteger" in {n.op_type for n in model.graph.node}
+    assert {i.data_type for i in model.graph.initializer if i.name.startswith("w")} >= {dtype}
