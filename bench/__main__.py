@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from quantmatrix.errors import QuantmatrixError
+from quantmatrix.errors import run_command
 
 if TYPE_CHECKING:
     from bench import Plan
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from quantmatrix.store import Store
     from quantmatrix.summary import headlines, launch_overheads, load_results, render_text, summarise
 
-    try:
+    def command() -> int:
         b, r = builders.registry(), runners.registry()
         from runners.analyses import registry as analysis_kinds
 
@@ -157,9 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         for cell in missing:
             print(f"MISSING result for {cell}", file=sys.stderr)
         return 1 if failed or missing else 0
-    except QuantmatrixError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+    return run_command(command)
 
 
 def analysis_lines(run_dir: Path) -> list[str]:

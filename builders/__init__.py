@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quantmatrix.discovery import import_public_modules, require_home
+from quantmatrix.discovery import Registry
 from quantmatrix.errors import ArtifactError, QuantmatrixError
 from quantmatrix.hardware import fingerprint
 from quantmatrix.plan import REFERENCE, BuildJob, build_jobs
@@ -125,24 +125,21 @@ class BuilderInfo:
     fn: Callable[[BuildContext, Any], Manifest] = field(repr=False)
 
 
-_REGISTRY: dict[str, BuilderInfo] = {}
+_BUILDERS: Registry[BuilderInfo] = Registry("builder", __name__)
 
 
 def builder(name: str, *, params: type, output_format: str, device: str = "cpu") -> Callable[..., Any]:
     """Register a build function under `name` (must match its module's file name)."""
 
-    def wrap(fn: Callable[[BuildContext, Any], Manifest]) -> Callable[[BuildContext, Any], Manifest]:
-        require_home("builder", name, fn.__module__, __name__)
-        _REGISTRY[name] = BuilderInfo(name=name, params=params, output_format=output_format, device=device, fn=fn)
-        return fn
+    def info(fn: Callable[[BuildContext, Any], Manifest]) -> BuilderInfo:
+        return BuilderInfo(name=name, params=params, output_format=output_format, device=device, fn=fn)
 
-    return wrap
+    return _BUILDERS.register(name, info)
 
 
 def registry() -> Mapping[str, BuilderInfo]:
     """All builders, by importing every module in this package (cheap: heavy imports are lazy)."""
-    import_public_modules(__name__, __path__)
-    return dict(_REGISTRY)
+    return _BUILDERS.discover()
 
 
 def run_job(

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from builders import build_with_deps, registry, run_job
-from quantmatrix.errors import QuantmatrixError
+from quantmatrix.errors import QuantmatrixError, run_command
 from quantmatrix.machine_lock import give_way, give_way_to, lock_dir
 from quantmatrix.plan import REFERENCE, build_jobs, check_planned_key
 from quantmatrix.spec import load_matrix
@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="rebuild even if a complete artefact exists")
     ap.add_argument("--expect-key", default=None, help="job: the key the launcher planned for the (one) variant")
     args = ap.parse_args(argv)
-    try:
+
+    def command() -> int:
         builders = registry()
         if args.command == "list":
             for name, info in sorted(builders.items()):
@@ -75,9 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"(validation macro-F1 {m['validation_macro_f1']:.4f}; fine-tune {m['train_seconds']:.1f}s)"
                 )
         return 0
-    except QuantmatrixError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+    return run_command(command)
 
 
 if __name__ == "__main__":

@@ -171,15 +171,11 @@ def build(ctx: BuildContext, params: OrtInt8MixedParams) -> Manifest:
     link_tree(src.path / (src.manifest.tokenizer or "tokenizer"), ctx.out / "tokenizer")
     check = validation_check(ctx, model_path, load_tokenizer(ctx.out / "tokenizer"), params.check_examples)
     search = MixedPrecisionSearch(
+        **sens.scan_fields(
+            params, settings, split=params.split, examples=len(examples), scorer=scorer, ranking=ranking
+        ),
         mode=mode,
-        split=params.split,
-        examples=len(examples),
-        granularity=params.granularity,
-        rank_by=params.rank_by,
-        quantization=f"onnxruntime quantize_dynamic: {settings.describe()}",
         units=len(all_units),
-        ranking=ranking,
-        fp32_macro_f1=fp32_f1,
         min_f1_ratio=params.min_f1_ratio,
         min_agreement=params.min_agreement,
         max_mean_kl=params.max_mean_kl,

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from quantmatrix.errors import QuantmatrixError
+from quantmatrix.errors import QuantmatrixError, run_command
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 
@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         "--expect-installed", default="", metavar="A,B", help="components that must be installed (e.g. in the image)"
     )
     args = ap.parse_args(argv)
-    try:
+
+    def command() -> int:
         if args.command == "doctor":
             from quantmatrix import doctor
 
@@ -186,9 +187,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(fingerprint().model_dump_json(indent=2))
         return 0
-    except QuantmatrixError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+    return run_command(command)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypedDict
 
 import numpy as np
 
@@ -219,6 +219,43 @@ def run_trial(
     finally:
         path.unlink(missing_ok=True)
     return scorer.trial(unit, nodes, logits, quantize_s=t1 - t0, eval_s=time.perf_counter() - t1)
+
+
+class ScanParams(Protocol):
+    """What a scan's params say about its units and ranking (the analysis's and the mixed-precision builder's)."""
+
+    @property
+    def granularity(self) -> str: ...
+
+    @property
+    def rank_by(self) -> str: ...
+
+
+class ScanFields(TypedDict):
+    """What a sensitivity result and a mixed-precision search both record about their scan, by their field names."""
+
+    split: str
+    examples: int
+    granularity: str
+    rank_by: str
+    quantization: str
+    fp32_macro_f1: float
+    ranking: list[str]
+
+
+def scan_fields(
+    params: ScanParams, settings: QuantSettings, *, split: str, examples: int, scorer: Scorer, ranking: list[str]
+) -> ScanFields:
+    """The scan's fields for `Record(**scan_fields(...), other fields...)`: `examples` of `split` scored."""
+    return ScanFields(
+        split=split,
+        examples=examples,
+        granularity=params.granularity,
+        rank_by=params.rank_by,
+        quantization=f"onnxruntime quantize_dynamic: {settings.describe()}",
+        fp32_macro_f1=scorer.fp32_macro_f1,
+        ranking=ranking,
+    )
 
 
 def rank(trials: Sequence[SensitivityTrial], by: RankBy) -> list[str]:

@@ -9,7 +9,6 @@ imports torch or initialises CUDA.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from quantmatrix.capabilities import Capabilities, Capability
-from quantmatrix.discovery import import_public_modules, require_home
+from quantmatrix.discovery import Registry
 from quantmatrix.records import Manifest
 
 if TYPE_CHECKING:
@@ -71,7 +70,7 @@ class RunnerInfo:
         return capability in self.capabilities
 
 
-_REGISTRY: dict[str, RunnerInfo] = {}
+_BACKENDS: Registry[RunnerInfo] = Registry("runner", BACKENDS_PACKAGE)
 
 
 def runner(
@@ -91,24 +90,18 @@ def runner(
     if (Capability.GENERATES in caps) != (load_lm is not None):
         raise RuntimeError(f"runner {backend!r}: Capability.GENERATES and load_lm go together (one without the other)")
 
-    def wrap(fn: Callable[[LoadRequest], Session]) -> Callable[[LoadRequest], Session]:
-        module = fn.__module__
-        require_home("runner", backend, module, BACKENDS_PACKAGE)
-        _REGISTRY[backend] = RunnerInfo(
+    def info(fn: Callable[[LoadRequest], Session]) -> RunnerInfo:
+        return RunnerInfo(
             backend=backend, params=params, formats=formats, devices=devices, capabilities=caps, load=fn,
-            load_lm=load_lm, module=module,
+            load_lm=load_lm, module=fn.__module__,
         )  # fmt: skip
-        return fn
 
-    return wrap
+    return _BACKENDS.register(backend, info)
 
 
 def registry() -> Mapping[str, RunnerInfo]:
     """All backends, by importing every module in `runners/backends/` (their heavy imports are lazy)."""
-    package = importlib.import_module(BACKENDS_PACKAGE)
-    found = {m.__name__ for m in import_public_modules(BACKENDS_PACKAGE, package.__path__)}
-    # Only what the package holds now: a module registered once and since gone from it is not listed.
-    return {name: info for name, info in _REGISTRY.items() if info.module in found}
+    return _BACKENDS.discover()
 
 
 def fp32_baseline() -> RunnerInfo:

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from quantmatrix.errors import QuantmatrixError
+from quantmatrix.errors import QuantmatrixError, run_command
 from quantmatrix.machine_lock import give_way, give_way_to, lock_dir
 from quantmatrix.plan import check_planned_key
 from quantmatrix.turns import Participant
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from runners import registry
     from runners.analyses import registry as analysis_registry
 
-    try:
+    def command() -> int:
         backends = registry()
         kinds = analysis_registry()
         if args.command == "list":
@@ -99,9 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         results = job.run()
         failed = [r for r in results if r.status == "failed"]
         return 1 if failed else 0
-    except QuantmatrixError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+    return run_command(command)
 
 
 def _participant(directory: Path | None, name: str | None) -> Participant | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,9 +16,9 @@ from builders._qat import FineTuneParams, Int8Check, check_int8, qat_fine_tune
 from builders._training import fine_tune, train_split
 from quantmatrix.data import Example, LabelledData
 from quantmatrix.discovery import require_home
-from quantmatrix.errors import QuantmatrixError
+from quantmatrix.errors import QuantmatrixError, run_command
 from quantmatrix.records import Manifest
-from quantmatrix.sensitivity import QuantSettings
+from quantmatrix.sensitivity import QuantSettings, Scorer, scan_fields
 
 
 def test_a_registered_part_must_live_in_the_file_named_after_it():
@@ -25,6 +27,66 @@ def test_a_registered_part_must_live_in_the_file_named_after_it():
         require_home("builder", "qat", "builders.qat_pt2e", "builders")
     with pytest.raises(RuntimeError, match=r"runners/backends/openvino\.py"):
         require_home("runner", "openvino", "tests.fake_backend", "runners.backends")
+
+
+def test_a_registry_lists_the_parts_whose_modules_its_package_holds(tmp_path, monkeypatch):
+    package = tmp_path / "qm_parts"
+    package.mkdir()
+    init = 'from quantmatrix.discovery import Registry\n\nPARTS = Registry("part", __name__)\n'
+    (package / "__init__.py").write_text(init)
+    (package / "_helper.py").write_text("raise AssertionError('private modules are not imported')\n")
+    for name in ("alpha-one", "beta"):
+        (package / f"{name.replace('-', '_')}.py").write_text(
+            f"from qm_parts import PARTS\n\n@PARTS.register({name!r}, lambda fn: fn.__name__)\ndef make(): ...\n"
+        )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    try:
+        parts = importlib.import_module("qm_parts").PARTS
+        assert parts.discover() == {"alpha-one": "make", "beta": "make"}
+        (package / "beta.py").unlink()
+        assert parts.discover() == {"alpha-one": "make"}
+        with pytest.raises(RuntimeError, match=r"part 'gamma' must live in qm_parts/gamma\.py"):
+            parts.register("gamma", lambda fn: fn.__name__)(make_nothing)
+    finally:
+        for module in [m for m in sys.modules if m.partition(".")[0] == "qm_parts"]:
+            del sys.modules[module]
+
+
+def make_nothing() -> None: ...
+
+
+def test_a_command_exits_with_its_own_status_or_2_after_printing_its_error(capsys):
+    assert run_command(lambda: 1) == 1
+    assert capsys.readouterr().err == ""
+
+    def failing() -> int:
+        raise QuantmatrixError("matrix.toml: unknown model 'x'")
+
+    assert run_command(failing) == 2
+    assert capsys.readouterr().err == "error: matrix.toml: unknown model 'x'\n"
+
+    def crashing() -> int:
+        raise ValueError("a bug, not a user error")
+
+    with pytest.raises(ValueError):
+        run_command(crashing)
+
+
+def test_scan_fields_name_what_both_sensitivity_records_share():
+    scorer = Scorer(fp32_logits=np.array([[2.0, 0.0], [0.0, 2.0]]), y=np.array([0, 0]), labels=("a", "b"))
+    params = SimpleNamespace(granularity="group", rank_by="agreement")
+    settings = QuantSettings(per_channel=True, weight_type="uint8")
+    fields = scan_fields(params, settings, split="validation", examples=2, scorer=scorer, ranking=["u1", "u0"])
+    assert fields == {
+        "split": "validation",
+        "examples": 2,
+        "granularity": "group",
+        "rank_by": "agreement",
+        "quantization": "onnxruntime quantize_dynamic: dynamic INT8, weights uint8 per channel",
+        "fp32_macro_f1": scorer.fp32_macro_f1,
+        "ranking": ["u1", "u0"],
+    }
 
 
 def _data(n: int) -> LabelledData:

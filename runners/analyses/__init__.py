@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quantmatrix.discovery import import_public_modules, require_home
+from quantmatrix.discovery import Registry
 from quantmatrix.errors import ArtifactError, QuantmatrixError, RecordError
 from quantmatrix.hardware import fingerprint
 from quantmatrix.plan import REFERENCE, build_jobs
@@ -38,7 +38,7 @@ class AnalysisInfo:
     check: Check | None = field(default=None, repr=False)
 
 
-_REGISTRY: dict[str, AnalysisInfo] = {}
+_KINDS: Registry[AnalysisInfo] = Registry("analysis", __name__)
 
 
 def analysis(
@@ -46,18 +46,15 @@ def analysis(
 ) -> Callable[..., Any]:
     """Register `run(ctx, params) -> record` for analysis `kind` (must match its module's file name)."""
 
-    def wrap(fn: Callable[[AnalysisContext, Any], AnalysisRecord]) -> Callable[[AnalysisContext, Any], AnalysisRecord]:
-        require_home("analysis", kind, fn.__module__, __name__)
-        _REGISTRY[kind] = AnalysisInfo(kind=kind, params=params, record=record, check=check, run=fn)
-        return fn
+    def info(fn: Callable[[AnalysisContext, Any], AnalysisRecord]) -> AnalysisInfo:
+        return AnalysisInfo(kind=kind, params=params, record=record, check=check, run=fn)
 
-    return wrap
+    return _KINDS.register(kind, info)
 
 
 def registry() -> Mapping[str, AnalysisInfo]:
     """All analysis kinds, by importing every module in this package (their heavy imports are lazy)."""
-    import_public_modules(__name__, __path__)
-    return dict(_REGISTRY)
+    return _KINDS.discover()
 
 
 def output_path(results: Path, run_id: str, name: str) -> Path:
