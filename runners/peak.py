@@ -61,6 +61,15 @@ def int8_peak(n: int = SIZE) -> float:
     return _rate(lambda: sess.run(None, feed), 2.0 * n**3)
 
 
+def _cached(path: Path) -> dict[str, float] | None:
+    if not path.is_file():
+        return None
+    try:
+        return {k: float(v) for k, v in json.loads(path.read_text()).items()}
+    except (ValueError, AttributeError):
+        return None
+
+
 def machine_peak(
     cache_dir: Path, machine_id: str, lock: TimingLock | None = None, *, measure: bool = True, log: Log = print
 ) -> dict[str, float]:
@@ -72,15 +81,14 @@ def machine_peak(
     have the machine to itself now) only reads the cache.
     """
     path = cache_dir / f"peak-v2-{machine_id}.json"
-    if path.is_file():
-        try:
-            return {k: float(v) for k, v in json.loads(path.read_text()).items()}
-        except (ValueError, AttributeError):
-            pass
-    if not measure:
-        return {}
+    cached = _cached(path)
+    if cached is not None or not measure:
+        return cached or {}
     peaks: dict[str, float] = {}
     with lock.turn() if lock is not None else contextlib.nullcontext():
+        cached = _cached(path)  # measured by another job while this one waited for the turn
+        if cached is not None:
+            return cached
         window = LoadWindow()
         for kind, fn in (("fp32", fp32_peak), ("int8", int8_peak)):
             try:

@@ -142,3 +142,27 @@ def test_the_gemm_roof_is_cached_only_when_measured_on_a_quiet_machine(tmp_path,
     assert peak.machine_peak(tmp_path, "m") == {"fp32": 1e11, "int8": 4e11}
     monkeypatch.setattr(peak, "fp32_peak", lambda: 0.0)
     assert peak.machine_peak(tmp_path, "m")["fp32"] == 1e11  # cached
+
+
+def test_a_job_that_waited_for_the_turn_reads_the_roof_another_job_measured_meanwhile(tmp_path, monkeypatch):
+    """Interleaved jobs of one group all want the roof at once: the first measures it holding the turn,
+    the others, let in after it, find it cached instead of measuring it again."""
+    import contextlib
+    import json
+
+    from runners import peak
+
+    measured: list[str] = []
+    monkeypatch.setattr(peak, "fp32_peak", lambda: measured.append("fp32") or 1e11)
+    monkeypatch.setattr(peak, "int8_peak", lambda: measured.append("int8") or 4e11)
+
+    class Sibling:
+        """A turn that, while this job waited for it, another job used to measure and cache the roof."""
+
+        @contextlib.contextmanager
+        def turn(self):
+            (tmp_path / "peak-v2-m.json").write_text(json.dumps({"fp32": 2e11, "int8": 5e11}))
+            yield None
+
+    assert peak.machine_peak(tmp_path, "m", Sibling()) == {"fp32": 2e11, "int8": 5e11}
+    assert measured == []

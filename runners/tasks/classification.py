@@ -181,9 +181,9 @@ def measure(ctx: RunContext, cells: list[CellPlan], manifest: Manifest, referenc
     q_ref = quality(split.y, split.ref_logits.argmax(-1), split.labels)
     scored = _score(ctx, opened, split, reference, q_ref) if ctx.info.can(Capability.SCORES_QUALITY) else {}
     arch = reference.arch
-    # The roof is a CPU GEMM (torch.mm / MatMulInteger): it says nothing about a GPU cell.
-    # Measured only by a job that times alone (interleaved jobs set up side by side): else read from the cache.
-    peak = _machine_peak(ctx, manifest.precision, measure=ctx.turns is None) if ctx.runner.device == "cpu" else None
+    # The roof is a CPU GEMM (torch.mm / MatMulInteger): it says nothing about a GPU cell. Measured holding
+    # the timing turn, so an interleaved job's siblings, still loading, give way meanwhile; kept only if quiet.
+    peak = _machine_peak(ctx, manifest.precision) if ctx.runner.device == "cpu" else None
     first_timed: list[float] = []
     done = partial(_cell_result, ctx, opened, manifest, cold, first_timed, arch, peak, q_ref, scored)
     if ctx.turns is not None:
@@ -381,10 +381,10 @@ def _device_timing(session: Session, lat: Latency) -> DeviceTiming | None:
     return DeviceTiming(**parts)
 
 
-def _machine_peak(ctx: RunContext, precision: str, measure: bool) -> float | None:
+def _machine_peak(ctx: RunContext, precision: str) -> float | None:
     """This machine's measured GEMM peak for the precision (cached per machine under artifacts/)."""
     from runners.peak import machine_peak
 
     kind = "int8" if "int8" in precision else "fp32"
     cache = ctx.store.root / ".machine"
-    return machine_peak(cache, fingerprint().machine_id, ctx.timing_lock(), measure=measure, log=ctx.log).get(kind)
+    return machine_peak(cache, fingerprint().machine_id, ctx.timing_lock(), log=ctx.log).get(kind)
