@@ -154,13 +154,19 @@ def torch_cuda() -> Component:
     return Component("torch", "no-driver", torch.__version__, f"{built} load; torch.cuda.is_available() is False")
 
 
-def pycuda(tensorrt_installed: bool) -> Component:
-    root = _package_dir("pycuda")
+def package_files(package: str, pattern: str, version: str | None) -> list[Path] | Component:
+    """The installed package's files matching `pattern`, or the Component that says why there are none."""
+    root = _package_dir(package)
     if root is None:
-        return Component("pycuda", "not-installed", None, "pycuda not installed")
-    ext = sorted(root.glob("_driver*.so"))
-    if not ext:
-        return Component("pycuda", "failed", None, f"no _driver extension in {root}")
+        return Component(package, "not-installed", None, f"{package} not installed")
+    found = sorted(root.glob(pattern))
+    return found or Component(package, "failed", version, f"no {pattern} in {root}")
+
+
+def pycuda(tensorrt_installed: bool) -> Component:
+    ext = package_files("pycuda", "_driver*.so", None)
+    if isinstance(ext, Component):
+        return ext
     c = check_library("pycuda", ext[0], tensorrt_installed, _version("pycuda"))
     if c.status == "ok":
         try:
@@ -211,12 +217,9 @@ EPS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
 def bitsandbytes(tensorrt_installed: bool) -> Component:
-    root = _package_dir("bitsandbytes")
-    if root is None:
-        return Component("bitsandbytes", "not-installed", None, "bitsandbytes not installed")
-    libs = sorted(root.glob("libbitsandbytes_cuda*.so"))
-    if not libs:
-        return Component("bitsandbytes", "failed", _version("bitsandbytes"), f"no libbitsandbytes_cuda*.so in {root}")
+    libs = package_files("bitsandbytes", "libbitsandbytes_cuda*.so", _version("bitsandbytes"))
+    if isinstance(libs, Component):
+        return libs
     # One library per CUDA version: the one matching torch's CUDA build is what bitsandbytes loads.
     torch = sys.modules.get("torch")
     cuda = getattr(getattr(torch, "version", None), "cuda", None)

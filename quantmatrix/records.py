@@ -503,13 +503,13 @@ class MixedPrecisionSearch(Record):
 class Cell(Record):
     """Coordinates of one measurement in the matrix."""
 
-    model: str
-    variant: str
-    runner: str
-    backend: str
-    precision: str
-    device: str
-    batch_size: int
+    model: str = Field(description="the matrix's model ([models.<name>])")
+    variant: str = Field(description="the matrix's variant ([variants.<name>]), or `reference` for the FP32 reference")
+    runner: str = Field(description="the matrix's runner ([runners.<name>]) that loaded, scored and timed it")
+    backend: str = Field(description="the backend that runner drives (runners/backends/<name>.py)")
+    precision: str = Field(description="the artefact's precision, as its builder's manifest states it")
+    device: str = Field(description="where it ran: cpu or cuda")
+    batch_size: int = Field(description="inputs per timed call")
     seq_mode: Literal["padded", "natural", "none", "kv-cache", "no-cache"] = Field(
         description="classifiers: padded/natural; causal-LM generation: kv-cache/no-cache"
     )
