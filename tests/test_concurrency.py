@@ -120,18 +120,24 @@ def test_a_cpu_hog_beside_a_short_timed_loop_is_seen_and_marks_it_disturbed():
 # -- locks ----------------------------------------------------------------------------------------
 
 
-def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
-    path = tmp_path / ".locks" / "x.lock"
+def _holder(path: Path, seconds: float) -> subprocess.Popen[str]:
+    """Another process holding the lock file `path` for `seconds`, returned once it holds it."""
     holder = _child(f"""
         import time
         from quantmatrix.machine_lock import FileLock
-        lock = FileLock({str(path)!r}, "x")
+        lock = FileLock({str(path)!r}, "held by a test")
         assert lock.try_acquire()
         print("held", flush=True)
-        time.sleep(600)
+        time.sleep({seconds})
     """)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
+    path = tmp_path / ".locks" / "x.lock"
+    holder = _holder(path, 600)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         lock = FileLock(path, "x")
         assert not lock.try_acquire()
         assert f"held by pid {holder.pid}" in lock.describe_holder()
@@ -237,17 +243,9 @@ def test_a_participant_stops_giving_way_once_the_coordinator_grants_turns(tmp_pa
     """A turn group's coordinator (another process) holds the timing turn while its own jobs time: once
     ready, a participant must not wait on that turn."""
     path = tmp_path / ".locks" / "timing.lock"
-    holder = _child(f"""
-        import time
-        from quantmatrix.machine_lock import FileLock
-        lock = FileLock({str(path)!r}, "timing turn")
-        assert lock.try_acquire()
-        print("held", flush=True)
-        time.sleep(3)
-    """)
+    holder = _holder(path, 3)
     give_way_to(tmp_path / ".locks")
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         directory = tmp_path / "turns"
         with Coordinator(directory, ["a"], seed=0):
             participant = Participant(directory, "a")
