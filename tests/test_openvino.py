@@ -307,6 +307,34 @@ def test_a_cuda_runner_is_skipped_not_faked(work):
         load(LoadRequest(path=art, manifest=manifest, device="cuda", threads=1, params=OpenVinoParams()))
 
 
+def test_static_lengths_run_that_length_on_a_static_compile_and_others_on_the_dynamic_model(work):
+    """`static_lengths = [L]`: [batch, L] feeds go to a model reshaped to that shape (one compile per
+    shape, kept), other lengths to the dynamic model; the logits agree, and the result says it was used."""
+    from runners import LoadRequest
+    from runners.backends.openvino import OpenVinoParams, StaticShapes, load
+
+    art = _artefact(work, "tiny", "openvino-int8")
+    manifest = read_record(Manifest, art / "manifest.json")
+
+    def request(params: OpenVinoParams) -> LoadRequest:
+        return LoadRequest(path=art, manifest=manifest, device="cpu", threads=1, params=params)
+
+    static, dynamic = load(request(OpenVinoParams(static_lengths=(16,)))), load(request(OpenVinoParams()))
+    assert isinstance(static.graph, StaticShapes) and not isinstance(dynamic.graph, StaticShapes)
+    assert static.options()["static_lengths"] == [16]
+    rng = np.random.default_rng(0)
+
+    def feed(batch: int, length: int) -> dict[str, np.ndarray]:
+        ids = rng.integers(5, 90, (batch, length))
+        return {n: ids if n == "input_ids" else np.ones_like(ids) for n in static.input_names}
+
+    for batch, length in ((2, 16), (2, 16), (3, 16), (2, 9)):
+        f = feed(batch, length)
+        np.testing.assert_allclose(static.predict(f), dynamic.predict(f), rtol=1e-4, atol=1e-4)
+    assert sorted(static.graph.static) == [(2, 16), (3, 16)]  # compiled once each; length 9 stayed dynamic
+    assert static.graph.static[(2, 16)].compiled.inputs[0].get_partial_shape().is_static
+
+
 @pytest.fixture(scope="session")
 def lm_ov(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("lm-ov")

@@ -6,8 +6,12 @@ are read back after compiling and recorded with the OpenVINO version, so a resul
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
+
+import numpy as np
 
 from quantmatrix.capabilities import Capability
 from quantmatrix.errors import QuantmatrixError
@@ -40,6 +44,11 @@ class OpenVinoParams:
     threads: int = 0
     # Further CPU plugin properties, each "NAME=VALUE"; the plugin rejects unknown ones when compiling.
     properties: tuple[str, ...] = ()
+    # Sequence lengths (e.g. the padded length) whose [batch, length] inputs run on a copy of the model
+    # reshaped to exactly that static shape, compiled on its first call (in the warm-up, untimed); other
+    # lengths (natural-length scoring batches) run on the dynamic model. Static shapes let the CPU plugin
+    # plan its kernels once.
+    static_lengths: tuple[int, ...] = ()
 
 
 def plugin_config(p: OpenVinoParams, threads: int) -> dict[str, Any]:
@@ -63,6 +72,40 @@ def _plain(value: Any) -> str:
     if type(value).__module__.startswith("openvino"):  # pybind11 enums: no enum.Enum base
         return str(getattr(value, "name", value))
     return str(value)
+
+
+class StaticShapes:
+    """A graph that sends [batch, length] feeds whose length is in `lengths` to a static-shape compile of
+    the model (one per shape, on first use) and everything else to the dynamic one; same surface as OvModel."""
+
+    def __init__(self, dynamic: Any, entry: Path, config: dict[str, Any], lengths: tuple[int, ...]) -> None:
+        self.dynamic, self.entry, self.config, self.lengths = dynamic, entry, config, set(lengths)
+        self.static: dict[tuple[int, int], Any] = {}
+
+    def get_inputs(self) -> list[Any]:
+        return list(self.dynamic.get_inputs())
+
+    def get_outputs(self) -> list[Any]:
+        return list(self.dynamic.get_outputs())
+
+    def run(self, outputs: list[str] | None, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return self.graph_for(feed).run(outputs, feed)
+
+    def graph_for(self, feed: Mapping[str, np.ndarray]) -> Any:
+        shapes = {tuple(v.shape) for v in feed.values()}
+        if len(shapes) != 1:
+            return self.dynamic
+        (shape,) = shapes
+        if len(shape) != 2 or shape[1] not in self.lengths:
+            return self.dynamic
+        key = (int(shape[0]), int(shape[1]))
+        if key not in self.static:
+            from quantmatrix.openvino_model import compile_cpu, read_model
+
+            model = read_model(self.entry)
+            model.reshape({name: list(key) for name in feed})
+            self.static[key] = compile_cpu(model, self.config, f"{self.entry.name} reshaped to {list(key)}")
+        return self.static[key]
 
 
 def load_lm(request: LoadRequest) -> tuple[Any, dict[str, Any]]:
@@ -93,9 +136,12 @@ def load(request: LoadRequest) -> GraphSession:
             compiled[name] = _plain(model.compiled.get_property(name))
         except RuntimeError:  # a property this OpenVINO version does not have
             continue
+    p: OpenVinoParams = request.params
+    graph = StaticShapes(model, entry, config, p.static_lengths) if p.static_lengths else model
     return GraphSession(
-        model,
+        graph,
         options={
+            "static_lengths": list(p.static_lengths),
             "openvino": version(),
             "plugin": "CPU",
             "entry": entry.name,
