@@ -1,4 +1,4 @@
-"""ONNX Runtime dynamic INT8 as the `ort-int8-dynamic*` builders run it: their weight options and the quantiser call.
+"""ONNX Runtime dynamic INT8 as the builders run it: their weight options, the quantiser call, the saved model.
 
 Their params extend `QuantSettings` (per_channel, reduce_range, weight_type), the options the
 sensitivity scan quantises each unit with, so a ranking and a build mean the same by them.
@@ -11,21 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from builders._onnx import save_model
-from quantmatrix.sensitivity import QuantSettings
+from quantmatrix.sensitivity import QuantSettings, ort_dynamic_int8
 
 
 def quantize_dynamic_int8(src: Path, dst: Path, weights: QuantSettings, op_types: Sequence[str] = ()) -> None:
     """Dynamic INT8 of `src`'s `op_types` (empty: every type quantize_dynamic supports), saved to `dst` as
     `save_model` writes it."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        op_types_to_quantize=list(op_types) or None,
-        per_channel=weights.per_channel,
-        reduce_range=weights.reduce_range,
-        weight_type=QuantType.QInt8 if weights.weight_type == "int8" else QuantType.QUInt8,
-    )
+    ort_dynamic_int8(src, dst, weights, op_types=op_types)
     save_model(onnx.load(str(dst)), dst)

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from builders import BuildContext, builder, link_tree
-from builders._onnx import export_onnx, load_tokenizer, onnx_manifest, ort_logits, save_model
+from builders._onnx import export_onnx, load_tokenizer, onnx_manifest, ort_logits
+from builders._ort_dynamic import quantize_dynamic_int8
 from builders._qat import FineTuneParams, check_int8, qat_fine_tune, validation_macro_f1
 from builders._training import seed_all, torch_reference, train_split
 from quantmatrix.records import Manifest
+from quantmatrix.sensitivity import QuantSettings
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,6 @@ def _validation_f1(model: object, tokenizer: object, ctx: BuildContext) -> float
 @builder("qat", params=QatParams, output_format="onnx")
 def build(ctx: BuildContext, params: QatParams) -> Manifest:
     import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
     from torchao.quantization import quantize_
     from torchao.quantization.qat import IntxFakeQuantizeConfig, QATConfig
     from transformers import AutoModelForSequenceClassification
@@ -81,16 +82,8 @@ def build(ctx: BuildContext, params: QatParams) -> Manifest:
         fp32_onnx = Path(tmp) / "fp32.onnx"
         export_onnx(trained, fp32_onnx, params.opset)
         steps.append(f"export: optimum main_export opset={params.opset}")
-        quantize_dynamic(
-            str(fp32_onnx),
-            str(ctx.out / "model.onnx"),
-            per_channel=params.per_channel,
-            weight_type=QuantType.QInt8,
-        )
+        quantize_dynamic_int8(fp32_onnx, ctx.out / "model.onnx", QuantSettings(per_channel=params.per_channel))
     model_path = ctx.out / "model.onnx"
-    import onnx
-
-    save_model(onnx.load(str(model_path)), model_path)
     steps.append(
         f"quantize: ONNX Runtime dynamic INT8, weights {'per channel' if params.per_channel else 'per tensor'}"
     )

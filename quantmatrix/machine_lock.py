@@ -275,12 +275,10 @@ class TimingLock:
 
 @dataclass
 class GiveWay:
-    """Where this process looks for other processes' timing turn, and how long it has waited for them."""
+    """The timing-turn lock file this process gives way to (resolved once), and where it says so."""
 
-    directory: Path
+    lock: Path
     log: Callable[[str], None] | None = None
-    waited_s: float = 0.0
-    waits: int = 0
 
 
 # Set once per job process by its entry point (`give_way_to`): the yield points (`give_way`) sit deep
@@ -293,7 +291,7 @@ def give_way_to(directory: Path | None, log: Callable[[str], None] | None = None
     """From now on, pause this process's untimed work while another process holds the timing turn in
     `directory` (None: stop giving way, e.g. once a turn coordinator times this process's cells)."""
     global _give_way
-    _give_way = GiveWay(Path(directory), log) if directory is not None else None
+    _give_way = GiveWay((Path(directory) / TIMING_LOCK).resolve(), log) if directory is not None else None
 
 
 def give_way(poll: float = QUIET_SAMPLE_S) -> float:
@@ -307,7 +305,7 @@ def give_way(poll: float = QUIET_SAMPLE_S) -> float:
     state = _give_way
     if state is None:
         return 0.0
-    path = (state.directory / TIMING_LOCK).resolve()
+    path = state.lock
     if path in FileLock.held_here or not path.parent.is_dir():
         return 0.0
     fd = _open_lock_file(path)
@@ -331,8 +329,6 @@ def give_way(poll: float = QUIET_SAMPLE_S) -> float:
     if not noted:
         return 0.0
     waited = time.monotonic() - t0
-    state.waited_s += waited
-    state.waits += 1
     if state.log is not None:
         state.log(f"[wait  ] went on after {waited:.1f}s")
     return waited

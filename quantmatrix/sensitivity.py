@@ -109,24 +109,35 @@ def units(model_path: Path, granularity: Granularity) -> list[Unit]:
     return [Unit(name=name, nodes=tuple(members)) for name, members in grouped.items()]
 
 
+def ort_dynamic_int8(
+    src: Path, dst: Path, settings: QuantSettings, *, op_types: Sequence[str] = (), nodes: Sequence[str] | None = None
+) -> None:
+    """ONNX Runtime's dynamic INT8 of `src` with `settings`' weight options, to `dst`: the one quantiser call
+    of the scan and the `ort-int8-dynamic*` and `qat` builders. `op_types` empty: every type it supports;
+    `nodes` None: every node (an empty list means every node to the quantiser too)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        op_types_to_quantize=list(op_types) or None,
+        per_channel=settings.per_channel,
+        reduce_range=settings.reduce_range,
+        weight_type=QuantType.QInt8 if settings.weight_type == "int8" else QuantType.QUInt8,
+        nodes_to_quantize=None if nodes is None else list(nodes),
+    )
+
+
 def quantize(src: Path, dst: Path, settings: QuantSettings, nodes: Sequence[str]) -> None:
     """Dynamic INT8 of exactly `nodes` of `src` (every other node stays FP32), saved to `dst`."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     if not nodes:
         # quantize_dynamic reads an empty node list as "every node": an empty trial is the FP32 model.
         onnx.save_model(onnx.load(str(src)), str(dst))
         return
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        per_channel=settings.per_channel,
-        reduce_range=settings.reduce_range,
-        weight_type=QuantType.QInt8 if settings.weight_type == "int8" else QuantType.QUInt8,
-        # The quantiser first splits each Gemm into `<name>_MatMul` + Add and selects by the new name.
-        nodes_to_quantize=[n for node in nodes for n in (node, f"{node}_MatMul")],
-    )
+    # The quantiser first splits each Gemm into `<name>_MatMul` + Add and selects by the new name.
+    ort_dynamic_int8(src, dst, settings, nodes=[n for node in nodes for n in (node, f"{node}_MatMul")])
 
 
 @dataclass(frozen=True)
