@@ -7,6 +7,7 @@ runtime; only the launcher differs (a subprocess in this venv, or a `docker run 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import queue
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Protocol, TextIO
 
 from quantmatrix.capabilities import Capabilities, Capability
-from quantmatrix.errors import SpecError
+from quantmatrix.errors import QuantmatrixError, SpecError
 from quantmatrix.hardware import LAUNCHED_AT_ENV
 from quantmatrix.machine_lock import TimingLock, lock_dir
 from quantmatrix.plan import GENERATION, REFERENCE, build_jobs, cell_modes, variants_for
@@ -56,6 +57,12 @@ class Job:
     reason: str = ""
     log_tail: str = ""
     log_path: Path | None = None  # the job's whole output, when the launch was given a log directory
+    # Another checkout's job (`--side-by-side`): its run id, the interpreter and directory it runs with,
+    # and whether its own planner found it done already.
+    side: str = ""
+    python: str | None = None
+    cwd: str | None = None
+    done: bool = False
 
 
 class Backend(Protocol):
@@ -190,16 +197,134 @@ def plan(
                     "--turns",
                     f"{results_arg}/{run_id}/{TURNS_DIR}/{job.turns}",
                     "--turn-name",
-                    turn_name(job),
+                    turn_name(job, run_id),
                 ]
             cells += len(cell_modes(matrix.models[model], prof.measure))
     jobs += analysis_jobs(matrix, profile, device, build_names, common, results_arg, run_id)
     return Plan(jobs=jobs, cells=cells)
 
 
-def turn_name(job: Job) -> str:
-    """A run job's participant name in its turn group: `variant@runner` (names have no spaces or '/')."""
-    return f"{job.variant}@{job.runner}"
+def turn_name(job: Job, run_id: str) -> str:
+    """A run job's participant name in its turn group: `run-id:variant@runner`, unique when two runs share
+    the group (`--side-by-side`). Names have no spaces or '/'."""
+    return f"{run_id}:{job.variant}@{job.runner}"
+
+
+PLAN_FORMAT = "quantmatrix-plan/1"
+_JOB_FIELDS = ("kind", "name", "argv", "deps", "key", "model", "variant", "runner", "repeat", "device", "turns")
+
+
+class SideBySideError(QuantmatrixError):
+    """Another checkout's plan cannot run beside this run: unreadable, or planned for something else."""
+
+
+@dataclass(frozen=True)
+class SidePlan:
+    """Another checkout's exported plan (`python -m bench --export-plan`): its jobs, and how to run them."""
+
+    path: Path
+    run_id: str
+    profile: str
+    device: str
+    python: str
+    cwd: Path
+    artifacts: Path
+    results: Path
+    cells: int
+    jobs: list[Job]
+
+
+def export_plan(
+    p: Plan, path: Path, *, run_id: str, profile: str, device: str, artifacts: Path, results: Path,
+    is_done: Callable[[Job], bool],
+) -> None:  # fmt: skip
+    """Write this checkout's plan for another checkout's `--side-by-side`: every job's argv, with the
+    interpreter and directory to run it in (this one's), and which run jobs are already done."""
+    from quantmatrix.records import atomic_write_text
+
+    doc = {
+        "format": PLAN_FORMAT,
+        "run_id": run_id,
+        "profile": profile,
+        "device": device,
+        "python": sys.executable,
+        "cwd": os.getcwd(),
+        "artifacts": str(artifacts.resolve()),
+        "results": str(results.resolve()),
+        "cells": p.cells,
+        "jobs": [{**{f: getattr(j, f) for f in _JOB_FIELDS}, "done": j.kind != "build" and is_done(j)} for j in p.jobs],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+
+
+def read_side_plan(path: Path) -> SidePlan:
+    """An exported plan, checked: a clear error naming the file and the key at fault."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SideBySideError(f"{path}: cannot read the plan: {e}") from e
+    if not isinstance(doc, dict) or doc.get("format") != PLAN_FORMAT:
+        found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise SideBySideError(f"{path}: format: expected {PLAN_FORMAT!r}, found {found!r} (export it with "
+                              "`python -m bench --export-plan`)")  # fmt: skip
+    for key, kind in (("run_id", str), ("profile", str), ("device", str), ("python", str), ("cwd", str),
+                      ("artifacts", str), ("results", str), ("cells", int), ("jobs", list)):  # fmt: skip
+        if not isinstance(doc.get(key), kind):
+            raise SideBySideError(f"{path}: {key}: expected a {kind.__name__}, found {doc.get(key)!r}")
+    jobs = []
+    for i, raw in enumerate(doc["jobs"]):
+        missing = [f for f in (*_JOB_FIELDS, "done") if not isinstance(raw, dict) or f not in raw]
+        if missing:
+            raise SideBySideError(f"{path}: jobs[{i}]: missing {', '.join(missing)}")
+        jobs.append(Job(**{f: raw[f] for f in _JOB_FIELDS}, done=bool(raw["done"])))
+    return SidePlan(
+        path=path, run_id=doc["run_id"], profile=doc["profile"], device=doc["device"], python=doc["python"],
+        cwd=Path(doc["cwd"]), artifacts=Path(doc["artifacts"]), results=Path(doc["results"]), cells=doc["cells"],
+        jobs=jobs,
+    )  # fmt: skip
+
+
+def side_by_side(ours: Plan, theirs: SidePlan, *, run_id: str, device: str, artifacts: Path, turns_root: Path) -> Plan:
+    """Our jobs and another checkout's in one plan, their run jobs in our turn groups.
+
+    Builds come first (both sides' artefacts go to one store: keys hash the code that builds them, so a
+    builder that differs builds twice and one that does not builds once); then the run jobs. Their run
+    job of turn group `minilm-r0` joins ours of that name: the cells of both runs take turns in one
+    random order, round by round, so `compare` pairs them by round. Their jobs run with their own
+    interpreter, in their own directory.
+    """
+    where = theirs.path
+    if theirs.run_id == run_id:
+        raise SideBySideError(f"{where}: run_id {run_id!r} is this run's too; give the two runs different ids")
+    if theirs.device != device:
+        raise SideBySideError(f"{where}: device {theirs.device!r}, but this run is on {device!r}")
+    if theirs.artifacts != artifacts.resolve():
+        raise SideBySideError(
+            f"{where}: artifacts {theirs.artifacts} is not this run's artefact store {artifacts.resolve()}; "
+            "export the plan with the same --artifacts"
+        )
+    if not Path(theirs.python).exists():
+        raise SideBySideError(f"{where}: python {theirs.python} does not exist on this machine")
+    prefix = f"[{theirs.run_id}] "
+    mine = {j.name for j in ours.jobs}
+    theirs_jobs = []
+    for j in theirs.jobs:
+        job = Job(
+            kind=j.kind, name=prefix + j.name, argv=list(j.argv), deps=[prefix + d for d in j.deps], key=j.key,
+            model=j.model, variant=j.variant, runner=j.runner, repeat=j.repeat, device=j.device, turns=j.turns,
+            side=theirs.run_id, python=theirs.python, cwd=str(theirs.cwd), done=j.done,
+        )  # fmt: skip
+        if job.name in mine:
+            raise SideBySideError(f"{where}: job {job.name!r} collides with one of this run's")
+        if job.turns:
+            if "--turns" not in job.argv[:-1]:
+                raise SideBySideError(f"{where}: job {j.name!r} has turn group {j.turns!r} but no --turns argument")
+            job.argv[job.argv.index("--turns") + 1] = str(turns_root / job.turns)
+        theirs_jobs.append(job)
+    ordered = [j for kind in ("build", "run", "analysis") for side in (ours.jobs, theirs_jobs) for j in side
+               if j.kind == kind]  # fmt: skip
+    return Plan(jobs=ordered, cells=ours.cells + theirs.cells)
 
 
 def analysis_jobs(
@@ -328,14 +453,19 @@ class JobOutput:
 
 
 def stream(
-    cmd: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None, output: JobOutput | None = None
+    cmd: Sequence[str],
+    *,
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+    output: JobOutput | None = None,
+    cwd: str | None = None,
 ) -> tuple[int, str]:
     """Run `cmd`, handing each line of its combined stdout/stderr to `output` as it comes.
 
     Returns (exit code, everything it printed); 124 when it ran past `timeout` (it is then killed).
     """
     proc = subprocess.Popen(
-        list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", env=env
+        list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", env=env, cwd=cwd
     )
     assert proc.stdout is not None
     lines: queue.Queue[str | None] = queue.Queue()
@@ -390,7 +520,9 @@ class Launcher:
     def launch(self, job: Job, timeout: float, output: JobOutput | None = None) -> tuple[int, str]:
         # Unbuffered, so stdout and stderr lines reach the log in the order the job printed them.
         env = {**os.environ, LAUNCHED_AT_ENV: repr(time.time()), "PYTHONUNBUFFERED": "1"}
-        return stream([sys.executable, *job.argv], timeout=timeout, env=env, output=output)
+        # Another checkout's job (--side-by-side) runs with its interpreter, in its directory.
+        python = job.python or sys.executable
+        return stream([python, *job.argv], timeout=timeout, env=env, output=output, cwd=job.cwd)
 
 
 def quiet_output(output: str) -> str:
@@ -528,10 +660,11 @@ def serve_turns(
     """
     if not members:
         return
-    names = {turn_name(job): job for _, job in members}
+    names = {_participant(job): job for _, job in members}
     seed = int.from_bytes(hashlib.sha256(str(directory).encode()).digest()[:4], "big")
     threads = {
-        turn_name(job): threading.Thread(target=launch, args=(k, job), name=job.name, daemon=True) for k, job in members
+        _participant(job): threading.Thread(target=launch, args=(k, job), name=job.name, daemon=True)
+        for k, job in members
     }
     with Coordinator(directory, list(names), seed=seed) as coordinator:
         for thread in threads.values():
@@ -546,6 +679,11 @@ def serve_turns(
     shutil.rmtree(directory, ignore_errors=True)
     log(f"[turns ] {directory.name}: {report.rounds} rounds, {report.turns} turns"
         + (f"; dropped {', '.join(report.dropped)}" if report.dropped else ""))  # fmt: skip
+
+
+def _participant(job: Job) -> str:
+    """The job's participant name, as its argv gives it to the job."""
+    return job.argv[job.argv.index("--turn-name") + 1]
 
 
 BUILD_OUTCOMES = {"done": "built", "reused": "reused after waiting", "cached": "already built", "failed": "failed"}

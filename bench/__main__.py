@@ -6,6 +6,15 @@ Runtimes: `docker` runs every job in its own `docker run --rm` of the device's i
 if its content hash is new); `venv`/`local` run them as subprocesses of this Python environment.
 
 Reruns with the same run id resume: complete artefacts and results are reused.
+
+Two commits side by side (venv/local runtimes; docs/statistics.md, "Gating CI"):
+
+    cd base && python -m bench --run-id base --artifacts A --results R --export-plan base.json
+    cd head && python -m bench --run-id head --artifacts A --results R --side-by-side base.json
+
+The second runs both plans, each job with its own checkout's code and interpreter; the run jobs of the
+two take turns in one random order, so `quantmatrix compare R --base base --other head` pairs their
+cells by round, and a slow phase of the machine cancels in every ratio.
 """
 
 from __future__ import annotations
@@ -44,13 +53,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-id", default=None, help="default: <profile>-<device>-<machine id> (reruns resume)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per job")
     ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default: the profile's)")
+    pair = ap.add_mutually_exclusive_group()
+    pair.add_argument(
+        "--export-plan", type=Path, default=None, metavar="FILE",
+        help="write this checkout's plan to FILE for another checkout's --side-by-side, and run nothing",
+    )  # fmt: skip
+    pair.add_argument(
+        "--side-by-side", type=Path, default=None, metavar="FILE",
+        help="also run the plan another checkout exported to FILE, its cells taking turns with this run's",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     # One progress line per job, visible as it happens even when stdout is a file or a pipe.
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
 
     import builders
     import runners
-    from bench import TURNS_DIR, Console, Job, Launcher, build_record, execute, plan, record_failure, run_is_done
+    from bench import (
+        TURNS_DIR,
+        Console,
+        Job,
+        Launcher,
+        SideBySideError,
+        build_record,
+        execute,
+        export_plan,
+        plan,
+        read_side_plan,
+        record_failure,
+        run_is_done,
+        side_by_side,
+    )
     from quantmatrix.hardware import describe, fingerprint
     from quantmatrix.spec import load_matrix
     from quantmatrix.store import Store
@@ -68,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         log_dir = args.results / run_id / "logs"  # each job's whole output; the console shows its progress
         launcher: Launcher = Launcher()
         launcher.name = args.runtime
+        if args.runtime == "docker" and (args.export_plan or args.side_by_side):
+            raise SideBySideError("--export-plan and --side-by-side run jobs as processes: use --runtime venv or local")
         if args.runtime == "docker":
             from bench.docker import (
                 DockerLauncher,
@@ -117,23 +151,44 @@ def main(argv: list[str] | None = None) -> int:
             results_arg=results_arg,
             repeats=args.repeats,
         )
+        store = Store(args.artifacts)
+
+        def on_failure(job: Job) -> None:
+            if not job.side:  # another checkout's job writes its own failure records (its code, its matrix)
+                record_failure(job, matrix, args.profile, store, args.results.resolve(), run_id)
+
+        def is_done(job: Job) -> bool:
+            if job.side:
+                return job.done  # as its own planner found it
+            return run_is_done(job, matrix, args.profile, store, args.results.resolve(), run_id)
+
+        if args.export_plan:
+            export_plan(
+                p, args.export_plan, run_id=run_id, profile=args.profile, device=args.device,
+                artifacts=args.artifacts, results=args.results, is_done=is_done,
+            )  # fmt: skip
+            print(f"plan of run {run_id} ({len(p.jobs)} jobs, {p.cells} cells) written to {args.export_plan}; "
+                  "run it with `python -m bench --side-by-side` from the other checkout")  # fmt: skip
+            return 0
+        turns_root = args.results.resolve() / run_id / TURNS_DIR
+        planned_cells = p.cells  # this run's; the summary below is this run's
+        other = None
+        if args.side_by_side:
+            other = read_side_plan(args.side_by_side)
+            p = side_by_side(p, other, run_id=run_id, device=args.device, artifacts=args.artifacts,
+                             turns_root=turns_root)  # fmt: skip
         print(f"machine: {describe(fp)}")
         print(
             f"profile {args.profile} on {args.device}: {len(p.jobs)} jobs, {p.cells} result cells, "
             f"run id {run_id}, runtime {launcher.describe()}"
         )
+        if other is not None:
+            print(f"side by side with run {other.run_id} ({other.cwd}, profile {other.profile}): their cells take "
+                  "turns with this run's")  # fmt: skip
         t0 = time.perf_counter()
-        store = Store(args.artifacts)
-
-        def on_failure(job: Job) -> None:
-            record_failure(job, matrix, args.profile, store, args.results.resolve(), run_id)
-
-        def is_done(job: Job) -> bool:
-            return run_is_done(job, matrix, args.profile, store, args.results.resolve(), run_id)
-
         jobs = execute(
             p, launcher, store, timeout=args.timeout, on_failure=on_failure, is_done=is_done,
-            console=console, log_dir=log_dir, turns_root=args.results.resolve() / run_id / TURNS_DIR,
+            console=console, log_dir=log_dir, turns_root=turns_root,
         )  # fmt: skip
         print(f"job logs: {log_dir}")
         print(f"\nfinished in {time.perf_counter() - t0:.0f}s; {build_record(jobs)}")
@@ -151,9 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         failed = [j for j in jobs if j.state == "failed"]
         for j in failed:
             print(f"FAILED {j.name}: {j.reason}", file=sys.stderr)
+        if other is not None:
+            print_comparison(other.results / other.run_id, args.results / run_id, other.run_id, run_id)
         missing = missing_cells(p, matrix, matrix.profile(args.profile).measure, results)
         counts = Counter(r.status for r in results)
-        print(f"cells: {p.cells} planned; results " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        print(f"cells: {planned_cells} planned; results " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
         for cell in missing:
             print(f"MISSING result for {cell}", file=sys.stderr)
         return 1 if failed or missing else 0
@@ -180,15 +237,31 @@ def analysis_lines(run_dir: Path) -> list[str]:
     return lines
 
 
+def print_comparison(base_dir: Path, other_dir: Path, base: str, other: str) -> None:
+    """`quantmatrix compare` of the two runs measured side by side (paired by round where they shared turns)."""
+    from quantmatrix.compare import Gate, compare_cells, render
+    from quantmatrix.errors import QuantmatrixError
+    from quantmatrix.summary import load_results, summarise
+
+    results, _ = load_results(list(dict.fromkeys([base_dir, other_dir])))
+    try:
+        changes = compare_cells(results, summarise(results), base, other)
+    except QuantmatrixError as e:
+        print(f"\nno comparison of {other} with {base}: {e}")
+        return
+    print(f"\n{other} against {base}, measured side by side:")
+    print("\n".join(render(changes, base, other, Gate())))
+
+
 def missing_cells(p: Plan, matrix: Matrix, measure: MeasureSpec, results: list[Result]) -> list[str]:
-    """Cells the plan promised that have no schema-valid result file."""
+    """Cells the plan promised that have no schema-valid result file (this run's jobs only)."""
     from quantmatrix.plan import cell_modes
 
     have = {(r.cell.model, r.cell.variant, r.cell.runner, r.cell.repeat, r.cell.batch_size, r.cell.seq_mode)
             for r in results}  # fmt: skip
     missing = []
     for job in p.jobs:
-        if job.kind != "run":
+        if job.kind != "run" or job.side:
             continue
         for b, s in cell_modes(matrix.models[job.model], measure):
             if (job.model, job.variant, job.runner, job.repeat, b, s) not in have:

@@ -285,6 +285,11 @@ class Latency(Record):
         None,
         description="the turns the samples were taken in (interleaved timing); None: one uninterrupted loop",
     )
+    turn_group: str | None = Field(
+        None,
+        description="the id of the coordinator that granted the turns: slices of cells with the same turn_group "
+        "and round were measured side by side, even cells of two runs; None: pair within (run id, repeat)",
+    )
 
 
 class DeviceTiming(Record):

@@ -37,7 +37,8 @@ class Slices:
     """One latency's samples as slices; `rounds[i]` is slice i's interleaving round, or None (unpaired).
 
     A round is any hashable key; equal keys on two sides mean "measured side by side". Results name
-    theirs (run id, repeat, round) (`slices_of(group=...)`), so rounds of different runs never pair.
+    theirs (turn group, round), or (run id, repeat, round) when they predate turn groups
+    (`slices_of(group=...)`), so only slices one coordinator served pair.
     """
 
     parts: tuple[np.ndarray, ...]

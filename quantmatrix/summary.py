@@ -149,7 +149,9 @@ def cell_slices(results: Sequence[Result], members: Iterable[int], samples: Samp
                         values,
                         r.latency.slices,
                         source=f"{r.run_id}/{r.cell.variant}@{r.cell.runner}",
-                        group=(r.run_id, r.cell.repeat),  # slices pair only within one run's interleaving group
+                        # Slices pair within one coordinator's turns (possibly shared by two runs); results
+                        # without its id pair within their run's interleaving group.
+                        group=(r.latency.turn_group,) if r.latency.turn_group else (r.run_id, r.cell.repeat),
                     )
                 )
     return combine(parts)

@@ -13,6 +13,10 @@ so it works for subprocesses and for containers alike, and nothing busy-waits:
     <dir>/coordinator.fifo      participants -> coordinator: `ready <name> <json>` / `done <name> <seq> <json>`
     <dir>/<name>.fifo           coordinator -> one participant: `<json turn>`; {"cell": null} ends it
 
+Every turn carries the coordinator's `group`, an id made fresh for each coordinator: results record it,
+and slices of two cells pair when they share group and round, even when the cells belong to two runs
+(`python -m bench --side-by-side` puts another checkout's run jobs into this run's turn groups).
+
 A participant that dies or stops answering is dropped (its cells are failed by its launcher) and the
 others finish; a participant whose coordinator dies sees end-of-file and stops with an error.
 Messages are single lines under PIPE_BUF (4096 bytes), so writes from many processes never interleave.
@@ -27,6 +31,7 @@ import random
 import select
 import stat
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -63,11 +68,12 @@ def _send(fd: int, message: str) -> None:
 
 @dataclass(frozen=True)
 class Turn:
-    """One slot granted: run `cell` for one slice. `round` pairs slices measured side by side."""
+    """One slot granted: run `cell` for one slice. `group` and `round` pair slices measured side by side."""
 
     seq: int
     cell: str | None
     round: int
+    group: str = ""
 
 
 @dataclass
@@ -96,6 +102,7 @@ class Coordinator:
         max_rounds: int = 1000,
         min_rounds: int = 1,
         turn_timeout: float = 300.0,
+        group: str | None = None,
     ) -> None:
         if len(set(participants)) != len(participants):
             raise TurnsError(f"participant names must be unique: {list(participants)}")
@@ -103,6 +110,7 @@ class Coordinator:
         if bad:
             raise TurnsError(f"participant names must be non-empty, without spaces or '/': {bad}")
         self.dir = directory
+        self.group = group or uuid.uuid4().hex[:16]
         self.names = list(participants)
         self.rng = random.Random(seed)
         self.max_rounds, self.min_rounds, self.turn_timeout = max_rounds, min_rounds, turn_timeout
@@ -181,7 +189,7 @@ class Coordinator:
             for name in live:
                 if name not in report.dropped:
                     seq += 1
-                    self._grant(name, Turn(seq, None, report.rounds), alive, report, log)
+                    self._grant(name, Turn(seq, None, report.rounds, self.group), alive, report, log)
         return report
 
     def _rounds(
@@ -204,7 +212,7 @@ class Coordinator:
                 if name in report.dropped:
                     continue
                 seq += 1
-                reply = self._grant(name, Turn(seq, cell, report.rounds), alive, report, log)
+                reply = self._grant(name, Turn(seq, cell, report.rounds, self.group), alive, report, log)
                 report.turns += 1
                 if reply is not None:
                     for c in reply.get("enough", []):
@@ -225,7 +233,8 @@ class Coordinator:
     ) -> dict[str, Any] | None:
         """Give `name` the turn and wait for its `done`; None (and the participant dropped) if it never comes."""
         try:
-            _send(self._out[name], json.dumps({"seq": turn.seq, "cell": turn.cell, "round": turn.round}))
+            message = {"seq": turn.seq, "cell": turn.cell, "round": turn.round, "group": turn.group}
+            _send(self._out[name], json.dumps(message))
         except OSError as e:
             self._drop(report, name, f"cannot write its pipe: {e}", log)
             return None
@@ -275,7 +284,7 @@ class Participant:
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
         msg = json.loads(line)
-        return Turn(seq=int(msg["seq"]), cell=msg["cell"], round=int(msg["round"]))
+        return Turn(seq=int(msg["seq"]), cell=msg["cell"], round=int(msg["round"]), group=str(msg.get("group", "")))
 
     def turns(self) -> Iterator[Turn]:
         """Turns in the order granted. The caller reports after each with `finish(turn, enough)`.

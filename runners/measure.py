@@ -230,6 +230,7 @@ class SliceTimer:
         self._load_s = 0.0
         self._probe_before: list[float] | None = None
         self._bandwidth_before: float | None = None
+        self.group: str | None = None  # the coordinator's id (quantmatrix.turns.Turn.group)
 
     def warm_up(self) -> None:
         for i in range(self.spec.warmup):
@@ -239,8 +240,15 @@ class SliceTimer:
         n, t, sp = len(self.samples), self.timed_s, self.spec
         return (n >= sp.min_iterations and t >= sp.min_seconds) or t >= sp.max_seconds or n >= sp.max_iterations
 
-    def slice(self, seconds: float, round_: int) -> None:
-        """Time calls for `seconds` (at least one call) as round `round_`; nothing once the sample cap is hit."""
+    def slice(self, seconds: float, round_: int, group: str = "") -> None:
+        """Time calls for `seconds` (at least one call) as round `round_` of turn group `group`; nothing once
+        the sample cap is hit."""
+        if group:
+            if self.group is not None and self.group != group:
+                raise QuantmatrixError(
+                    f"interleaved timing: one cell given turns by two coordinators ({self.group}, {group})"
+                )
+            self.group = group
         if len(self.samples) >= self.spec.max_iterations:
             return
         if self._probe_before is None:  # in the cell's first turn: the machine is ours
@@ -291,6 +299,7 @@ class SliceTimer:
             background_share=round(load.share, 3) if load else None,
             disturbed=load.disturbed if load else None,
             slices=self.slices,
+            turn_group=self.group,
             **percentile_summary(self.samples),
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import shutil
 from pathlib import Path
 
@@ -91,3 +92,70 @@ def test_cells_of_one_model_take_turns_in_random_order_and_pair_by_round(sliced:
     other = cell_slices(loaded, [idx[("ort-int8-dynamic", "ort-cpu", 1)]])
     ci = ratio_ci(base, other)
     assert ci is not None and "paired" in ci.method and ci.low <= ci.value <= ci.high
+
+
+def test_two_runs_side_by_side_take_turns_together_and_compare_pairs_them(sliced: Path, monkeypatch, capsys) -> None:
+    """Run `a` exported by one checkout, run `b` launched beside it: one coordinator per round serves both,
+    so `compare` pairs every cell of the two runs by round."""
+    from bench.__main__ import main
+
+    monkeypatch.chdir(sliced)
+    text = (sliced / "matrix.toml").read_text()
+    (sliced / "matrix.toml").write_text(text.replace("batch_sizes = [1, 4]", "batch_sizes = [1]"))
+    common = ["--profile", "t", "--runtime", "local", "--artifacts", "artifacts", "--results", "results"]
+    assert main([*common, "--run-id", "a", "--export-plan", "plans/a.json"]) == 0
+    assert not list((sliced / "results").glob("a/*.json")), "exporting measures nothing"
+    assert main([*common, "--run-id", "b", "--side-by-side", "plans/a.json"]) == 0
+    out = capsys.readouterr().out
+    assert "side by side with run a" in out and "b against a, measured side by side:" in out
+
+    loaded, errors = load_results([sliced / "results" / "a", sliced / "results" / "b"])
+    assert not errors
+    by_run: dict[str, dict[tuple[str, str], Result]] = {"a": {}, "b": {}}
+    for r in loaded:
+        assert r.status == "ok", r.reason
+        by_run[r.run_id][(r.cell.variant, r.cell.runner)] = r
+    assert by_run["a"].keys() == by_run["b"].keys() and len(by_run["a"]) >= 4
+    groups = {r.latency.turn_group for r in loaded if r.latency}
+    assert len(groups) == 1 and None not in groups, "both runs' cells took turns from one coordinator"
+
+    from quantmatrix.compare import compare_cells
+    from quantmatrix.summary import summarise
+
+    changes = compare_cells(loaded, summarise(loaded), "a", "b")
+    tested = [c for c in changes if c.test is not None]
+    assert len(tested) >= 3, [(c.name, c.note) for c in changes]
+    for c in tested:
+        assert c.test is not None and c.interval is not None
+        assert c.test.method.startswith("Wilcoxon signed-rank"), c.test.method
+        assert c.interval.method.startswith("paired"), c.interval.method
+        assert c.interval.low <= c.ratio <= c.interval.high  # type: ignore[operator]
+
+    # A rerun resumes both runs: every cell of each is already measured, nothing is launched again.
+    assert main([*common, "--run-id", "a", "--export-plan", "plans/a.json"]) == 0
+    assert main([*common, "--run-id", "b", "--side-by-side", "plans/a.json"]) == 0
+    out = capsys.readouterr().out
+    assert " running " not in out and "cached" in out
+
+
+def test_a_side_plan_that_cannot_run_here_is_refused_naming_file_and_key(tmp_path: Path) -> None:
+    from bench import Plan, SideBySideError, read_side_plan, side_by_side
+
+    bad = tmp_path / "plan.json"
+    bad.write_text('{"format": "something-else"}')
+    with pytest.raises(SideBySideError, match=r"plan\.json: format: expected 'quantmatrix-plan/1'"):
+        read_side_plan(bad)
+    doc = {"format": "quantmatrix-plan/1", "run_id": "a", "profile": "t", "device": "cpu", "python": "/usr/bin/env",
+           "cwd": str(tmp_path), "artifacts": str(tmp_path / "elsewhere"), "results": str(tmp_path), "cells": 1,
+           "jobs": [{"kind": "run", "name": "run x"}]}  # fmt: skip
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(SideBySideError, match=r"jobs\[0\]: missing argv, deps"):
+        read_side_plan(bad)
+    doc["jobs"] = []
+    bad.write_text(json.dumps(doc))
+    theirs = read_side_plan(bad)
+    ours = Plan(jobs=[], cells=0)
+    with pytest.raises(SideBySideError, match="is not this run's artefact store"):
+        side_by_side(ours, theirs, run_id="b", device="cpu", artifacts=tmp_path / "mine", turns_root=tmp_path)
+    with pytest.raises(SideBySideError, match="this run's too"):
+        side_by_side(ours, theirs, run_id="a", device="cpu", artifacts=tmp_path / "elsewhere", turns_root=tmp_path)

@@ -246,7 +246,7 @@ def _interleaved(
             raise QuantmatrixError(f"turn {turn.seq}: unknown cell {turn.cell!r}; this job has {sorted(timers)}")
         if not first_timed:
             first_timed.append(time.time())
-        timers[turn.cell][2].slice(ctx.measure.slice_seconds, turn.round)
+        timers[turn.cell][2].slice(ctx.measure.slice_seconds, turn.round, turn.group)
         turns.finish(turn, [name for name, (_, _, t) in timers.items() if t.enough()])
     turns.close()
     for cell, inputs, timer in timers.values():
