@@ -33,7 +33,7 @@ for turn in p.turns():
     t0 = time.time()
     while time.time() - t0 < 0.01:
         pass
-    rows.append([turn.cell, turn.round, t0, time.time()])
+    rows.append([turn.cell, turn.round, t0, time.time(), turn.group])
     count[turn.cell] += 1
     p.finish(turn, [c for c, n in count.items() if n >= 5])
 log.write_text(json.dumps(rows))
@@ -79,6 +79,8 @@ def test_slices_never_overlap_and_each_round_has_every_cell(tmp_path: Path) -> N
     for name, rs in rows.items():
         for rnd in range(5):
             assert sorted(r[0] for r in rs if r[1] == rnd) == ["b1", "b8"], name
+    # Every turn names the coordinator, so results can pair slices across runs it served.
+    assert len({r[4] for rs in rows.values() for r in rs}) == 1 and rows["alpha"][0][4]
     # Random order: the sequence of (participant, cell) slots is not the same every round.
     order = sorted((r[2], n, r[0], r[1]) for n, rs in rows.items() for r in rs)
     per_round = [tuple((n, c) for _, n, c, rnd in order if rnd == k) for k in range(5)]
