@@ -7,7 +7,7 @@ if its content hash is new); `venv`/`local` run them as subprocesses of this Pyt
 
 Reruns with the same run id resume: complete artefacts and results are reused.
 
-Two commits side by side (venv/local runtimes; docs/statistics.md, "Gating CI"):
+Two commits side by side (venv/local runtimes; docs/statistics.md, "Two commits side by side"):
 
     cd base && python -m bench --run-id base --artifacts A --results R --export-plan base.json
     cd head && python -m bench --run-id head --artifacts A --results R --side-by-side base.json

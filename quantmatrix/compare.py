@@ -63,7 +63,10 @@ class CellChange:
             return "not tested"
         if not self.test.significant:
             return "no significant change"
-        return "slower" if self.ratio > 1 else "faster"
+        # The test's own direction: the ratio of medians can sit on the other side of 1 when the test,
+        # which compares round by round, finds a shift (the ratio is then shown beside it, as measured).
+        direction = self.test.direction or (1 if self.ratio > 1 else -1)
+        return "slower" if direction > 0 else "faster"
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,12 @@ def compare_cells(
             continue
         sa, sb = cell_slices(results, a.members, samples), cell_slices(results, b.members, samples)
         if not relative:
-            out.append(CellChange(key, a, b, b.p50_ms / a.p50_ms, ratio_ci(sb, sa), change_test(sa, sb)))
+            interval = ratio_ci(sb, sa)
+            # Paired (side by side): the interval's own estimate, the median over turn groups of each
+            # group's ratio; otherwise the ratio of the two runs' p50s, which the unpaired CI is about.
+            paired = interval is not None and interval.method.startswith("paired")
+            ratio = interval.value if paired and interval else b.p50_ms / a.p50_ms
+            out.append(CellChange(key, a, b, ratio, interval, change_test(sa, sb)))
             continue
         if a.fp32_baseline or b.fp32_baseline:
             out.append(CellChange(key, a, b, note="the baseline of the relative comparison"))

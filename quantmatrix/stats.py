@@ -87,6 +87,7 @@ class ChangeTest:
     significant: bool
     method: str
     alpha: float = ALPHA
+    direction: int = 0  # +1: the other side's latencies lie higher (slower), -1: lower, 0: no side
 
 
 def slices_of(
@@ -249,8 +250,10 @@ def ratio_boots(
             boots_b.append(_boot_medians(_matrix(_thinned([b[r] for r in rs])), picks))
             points_a.append(float(np.median(np.concatenate([a[r] for r in rs]))))
             points_b.append(float(np.median(np.concatenate([b[r] for r in rs]))))
-        boots = np.median(np.stack(boots_a), axis=0) / np.median(np.stack(boots_b), axis=0)
-        value = float(np.median(points_a) / np.median(points_b))
+        # The ratio within each stratum (one coordinator's turns: both sides measured side by side), then
+        # the median over strata: a stratum whose processes all ran slow cancels, as its rounds do.
+        boots = np.median(np.stack(boots_a) / np.stack(boots_b), axis=0)
+        value = float(np.median(np.array(points_a) / np.array(points_b)))
         method, n = f"paired, {len(rounds)} rounds", len(rounds)
     else:
         if min(base.count, other.count) < MIN_SLICES:
@@ -292,7 +295,7 @@ def relative_change(
     interval = Interval(b[0] / a[0], low, high, min(a[3], b[3]), f"relative to the baseline; {a[2]} / {b[2]}", level)
     p = min(1.0, max(1.0 / resamples, 2 * min(float(np.mean(boots <= 1)), float(np.mean(boots >= 1)))))
     method = f"bootstrap of the in-run ratios ({a[2]}; {b[2]})"
-    return interval, ChangeTest(p, p < alpha, method, alpha)
+    return interval, ChangeTest(p, p < alpha, method, alpha, int(np.sign(float(np.median(boots)) - 1)))
 
 
 def _ranks(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -348,9 +351,13 @@ def change_test(base: Slices, other: Slices, *, alpha: float = ALPHA) -> ChangeT
         d = np.array([math.log(float(np.median(b[r])) / float(np.median(a[r]))) for r in rounds])
         p = wilcoxon_signed_rank(d)
         method = f"Wilcoxon signed-rank on {len(rounds)} paired rounds"
+        ranks, _ = _ranks(np.abs(d[d != 0]))
+        tilt = float(ranks[d[d != 0] > 0].sum() - ranks.sum() / 2)  # positive ranks above half: slower
     else:
         if min(base.count, other.count) < MIN_SLICES:
             return None
-        p = mann_whitney(np.array([np.median(x) for x in base.parts]), np.array([np.median(x) for x in other.parts]))
+        ma, mb = np.array([np.median(x) for x in base.parts]), np.array([np.median(x) for x in other.parts])
+        p = mann_whitney(ma, mb)
         method = f"Mann-Whitney U on {base.count}+{other.count} slice medians"
-    return ChangeTest(p, p < alpha, method, alpha)
+        tilt = float((mb[:, None] > ma[None, :]).sum() - (mb[:, None] < ma[None, :]).sum())
+    return ChangeTest(p, p < alpha, method, alpha, int(np.sign(tilt)))

@@ -223,6 +223,10 @@ def summarise(results: list[Result], samples: SampleSource = None) -> list[CellS
             if speedup and base_ident and mine is not None
             else None
         )
+        if speedup_ci is not None and speedup_ci.method.startswith("paired"):
+            # Measured side by side: the median over rounds (turn groups) of each one's speed-up, which
+            # the paired CI is about; a round whose processes all ran slow cancels within it.
+            speedup = speedup_ci.value
         rows.append(
             CellSummary(
                 model=model,
@@ -364,7 +368,10 @@ def headlines(rows: list[CellSummary]) -> list[str]:
         if not passing:
             continue
         best = min(passing, key=lambda r: r.p50_ms or float("inf"))
-        base_ms = (best.p50_ms or 0.0) * (best.speedup or 0.0)  # the eager FP32 baseline's p50
+        # The baseline the speed-up divides (as chosen above: the fastest eager FP32 reference of the run).
+        baseline = min((r for r in here if r.fp32_baseline and r.run_id == best.run_id and r.p50_ms),
+                       key=lambda r: r.p50_ms or 0.0, default=None)  # fmt: skip
+        base_ms = baseline.p50_ms if baseline and baseline.p50_ms else (best.p50_ms or 0.0) * (best.speedup or 0.0)
         null = next((r for r in here if r.measures_overhead), None)
         spreads = [r.spread for r in here if r.spread is not None]
         tail = f"; null runner {100 * null.overhead:.2f}% of the fastest" if null and null.overhead else ""

@@ -98,8 +98,13 @@ def test_pr_workflow_gates_on_compare_and_the_benchmark_keeps_history(repo):
     yaml = pytest.importorskip("yaml")
     pr = yaml.safe_load((repo / ".github/workflows/pr-benchmark.yml").read_text())
     steps = json.dumps(pr["jobs"]["compare"]["steps"])
-    # Base and head take turns round by round (base r1, head r1, base r2, ...), each resuming its run id.
+    # Fallback for a base without --export-plan: base and head take turns round by round (base r1, head r1,
+    # base r2, ...), each resuming its run id.
     assert "for side in base head" in steps and '--run-id \\"$side\\"' in steps and '--repeats \\"$round\\"' in steps
+    # Side by side first: the base exports its plan, the head runs both (paired by round).
+    assert (
+        "--export-plan" in steps and "--side-by-side" in steps and "PROFILE" in steps and pr["env"]["PROFILE"] == "pr"
+    )
     assert "python -m quantmatrix compare" in steps and "--relative" in steps and "--fail-if-slower" in steps
     assert "--fail-if-quality-drop" in steps and '--markdown \\"$GITHUB_STEP_SUMMARY\\"' in steps
     bench = json.dumps(yaml.safe_load((repo / ".github/workflows/benchmark.yml").read_text())["jobs"]["report"])
@@ -167,3 +172,27 @@ def test_relative_compare_cancels_a_host_that_ran_slower_and_still_catches_a_rea
     out, err = capsys.readouterr()
     assert code == 1 and "relative to the baseline" in out and "FAIL tiny/ort-int8-dynamic" in err
     assert "onnx-fp32" not in err
+
+
+def test_two_runs_that_shared_turn_groups_are_compared_paired_by_round(tmp_path):
+    """Cells of two runs whose slices carry the same turn group (`bench --side-by-side`) pair by round; the
+    change takes the test's direction, and the ratio is the median over groups of each group's ratio."""
+
+    def grouped(r, group: str):
+        r = _sliced(r)
+        return r.model_copy(update={"latency": r.latency.model_copy(update={"turn_group": group})})
+
+    runs = [grouped(r, "g0") for r in _run("base", 0) + _run("head", 100, slow={"ort-int8-dynamic": 1.15})]
+    root = write_run(tmp_path / "results", runs)
+    results, _ = load_results([root])
+    changes = {c.key[1]: c for c in compare_cells(results, summarise(results), "base", "head")}
+    slow = changes["ort-int8-dynamic"]
+    assert slow.test is not None and slow.test.method == "Wilcoxon signed-rank on 20 paired rounds"
+    assert slow.interval is not None and slow.interval.method == "paired, 20 rounds"
+    assert slow.change == "slower" and slow.test.direction == 1 and slow.ratio == slow.interval.value
+    assert slow.interval.covers(1.15)
+    # Without the shared group, the same results pair only within each run: compare is unpaired.
+    plain = [_sliced(r) for r in _run("base", 0) + _run("head", 100, slow={"ort-int8-dynamic": 1.15})]
+    results, _ = load_results([write_run(tmp_path / "plain", plain)])
+    unpaired = {c.key[1]: c for c in compare_cells(results, summarise(results), "base", "head")}
+    assert unpaired["ort-int8-dynamic"].test.method.startswith("Mann-Whitney")  # type: ignore[union-attr]
