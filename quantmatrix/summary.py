@@ -361,17 +361,18 @@ def headlines(rows: list[CellSummary]) -> list[str]:
         passing = [r for r in here if "int8" in r.precision and r.verdict == "pass" and r.speedup]
         clean = [r for r in passing if not r.disturbed and not r.baseline_disturbed]
         if passing and not clean:
-            baseline = all(r.baseline_disturbed for r in passing)
-            what = "the FP32 eager baseline" if baseline else "every passing INT8 cell"
+            what = (
+                "the FP32 eager baseline" if all(r.baseline_disturbed for r in passing) else "every passing INT8 cell"
+            )
             lines.append(f"{model} b{batch} {seq}: no headline: {what} was timed while disturbed (rerun the run id)")
         passing = clean
         if not passing:
             continue
         best = min(passing, key=lambda r: r.p50_ms or float("inf"))
         # The baseline the speed-up divides (as chosen above: the fastest eager FP32 reference of the run).
-        baseline = min((r for r in here if r.fp32_baseline and r.run_id == best.run_id and r.p50_ms),
-                       key=lambda r: r.p50_ms or 0.0, default=None)  # fmt: skip
-        base_ms = baseline.p50_ms if baseline and baseline.p50_ms else (best.p50_ms or 0.0) * (best.speedup or 0.0)
+        ref = min((r for r in here if r.fp32_baseline and r.run_id == best.run_id and r.p50_ms),
+                  key=lambda r: r.p50_ms or 0.0, default=None)  # fmt: skip
+        base_ms = ref.p50_ms if ref and ref.p50_ms else (best.p50_ms or 0.0) * (best.speedup or 0.0)
         null = next((r for r in here if r.measures_overhead), None)
         spreads = [r.spread for r in here if r.spread is not None]
         tail = f"; null runner {100 * null.overhead:.2f}% of the fastest" if null and null.overhead else ""
