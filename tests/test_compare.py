@@ -118,14 +118,19 @@ def _sliced(r, rounds: int = 20):
     return r.model_copy(update={"latency": r.latency.model_copy(update={"slices": slices})})
 
 
+def _slowed_cell(root, prepare):
+    """Runs `base` and `head` (ort-int8-dynamic 1.15x slower in head), each result passed through `prepare`,
+    written under `root` and compared: the runs and the slowed cell's change."""
+    runs = [prepare(r) for r in _run("base", 0) + _run("head", 100, slow={"ort-int8-dynamic": 1.15})]
+    results, _ = load_results([write_run(root, runs)])
+    changes = {c.key[1]: c for c in compare_cells(results, summarise(results), "base", "head")}
+    return runs, changes["ort-int8-dynamic"]
+
+
 def test_rounds_pair_within_one_run_and_repeat_never_across_runs(tmp_path):
     """Round k of two runs were not timed side by side, nor round k of two repeats of one run: only slices
     of one run's interleaving group pair, so compare is unpaired and a run's speed-ups pair per repeat."""
-    runs = [_sliced(r) for r in _run("base", 0) + _run("head", 100, slow={"ort-int8-dynamic": 1.15})]
-    root = write_run(tmp_path / "results", runs)
-    results, _ = load_results([root])
-    changes = {c.key[1]: c for c in compare_cells(results, summarise(results), "base", "head")}
-    slow = changes["ort-int8-dynamic"]
+    runs, slow = _slowed_cell(tmp_path / "results", _sliced)
     assert slow.test is not None and slow.test.method == "Mann-Whitney U on 20+20 slice medians"
     assert slow.interval is not None and slow.interval.method == "unpaired, 20 slices each"
     # Within a run, the slices of two cells with the same round pair; two repeats give 2x the rounds.
@@ -182,17 +187,11 @@ def test_two_runs_that_shared_turn_groups_are_compared_paired_by_round(tmp_path)
         r = _sliced(r)
         return r.model_copy(update={"latency": r.latency.model_copy(update={"turn_group": group})})
 
-    runs = [grouped(r, "g0") for r in _run("base", 0) + _run("head", 100, slow={"ort-int8-dynamic": 1.15})]
-    root = write_run(tmp_path / "results", runs)
-    results, _ = load_results([root])
-    changes = {c.key[1]: c for c in compare_cells(results, summarise(results), "base", "head")}
-    slow = changes["ort-int8-dynamic"]
+    _, slow = _slowed_cell(tmp_path / "results", lambda r: grouped(r, "g0"))
     assert slow.test is not None and slow.test.method == "Wilcoxon signed-rank on 20 paired rounds"
     assert slow.interval is not None and slow.interval.method == "paired, 20 rounds"
     assert slow.change == "slower" and slow.test.direction == 1 and slow.ratio == slow.interval.value
     assert slow.interval.covers(1.15)
     # Without the shared group, the same results pair only within each run: compare is unpaired.
-    plain = [_sliced(r) for r in _run("base", 0) + _run("head", 100, slow={"ort-int8-dynamic": 1.15})]
-    results, _ = load_results([write_run(tmp_path / "plain", plain)])
-    unpaired = {c.key[1]: c for c in compare_cells(results, summarise(results), "base", "head")}
-    assert unpaired["ort-int8-dynamic"].test.method.startswith("Mann-Whitney")  # type: ignore[union-attr]
+    _, unpaired = _slowed_cell(tmp_path / "plain", _sliced)
+    assert unpaired.test is not None and unpaired.test.method.startswith("Mann-Whitney")
