@@ -277,6 +277,9 @@ def read_side_plan(path: Path) -> SidePlan:
         missing = [f for f in (*_JOB_FIELDS, "done") if not isinstance(raw, dict) or f not in raw]
         if missing:
             raise SideBySideError(f"{path}: jobs[{i}]: missing {', '.join(missing)}")
+        for key in ("argv", "deps"):
+            if not isinstance(raw[key], list) or not all(isinstance(a, str) for a in raw[key]):
+                raise SideBySideError(f"{path}: jobs[{i}].{key}: expected a list of strings, found {raw[key]!r}")
         jobs.append(Job(**{f: raw[f] for f in _JOB_FIELDS}, done=bool(raw["done"])))
     return SidePlan(
         path=path, run_id=doc["run_id"], profile=doc["profile"], device=doc["device"], python=doc["python"],

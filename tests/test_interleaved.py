@@ -151,6 +151,11 @@ def test_a_side_plan_that_cannot_run_here_is_refused_naming_file_and_key(tmp_pat
     bad.write_text(json.dumps(doc))
     with pytest.raises(SideBySideError, match=r"jobs\[0\]: missing argv, deps"):
         read_side_plan(bad)
+    doc["jobs"] = [{**dict.fromkeys(["kind", "name", "key", "model", "variant", "runner", "device", "turns"], ""),
+                    "repeat": 0, "deps": [], "done": False, "argv": "-m runners job"}]  # fmt: skip
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(SideBySideError, match=r"jobs\[0\]\.argv: expected a list of strings"):
+        read_side_plan(bad)
     doc["jobs"] = []
     bad.write_text(json.dumps(doc))
     theirs = read_side_plan(bad)
