@@ -224,7 +224,7 @@ def summarise(results: list[Result], samples: SampleSource = None) -> list[CellS
             else None
         )
         if speedup_ci is not None and speedup_ci.method.startswith("paired"):
-            # Measured side by side: the median over rounds (turn groups) of each one's speed-up, which
+            # Measured side by side: the median over repeats (turn groups) of each one's speed-up, which
             # the paired CI is about; a round whose processes all ran slow cancels within it.
             speedup = speedup_ci.value
         rows.append(
