@@ -212,9 +212,6 @@ def machine_around(
     return {"probe_ms": max(probe), "probe_cpus_ms": probe, "bandwidth_gbs": bandwidth if len(bandwidth) == 2 else None}
 
 
-LEAD_SHARE = 0.2  # of each slice's seconds, spent in untimed calls before its timed ones
-
-
 class SliceTimer:
     """One cell timed in turns (interleaved with other cells, each in its own process): `timed_calls`
     a slice at a time, with the machine's load summed over the slices and its probes around them all.
@@ -258,15 +255,8 @@ class SliceTimer:
             self._probe_before = speed_probe_per_cpu_ms()
             self._bandwidth_before = memory_bandwidth_forked_gbs()
         batches = self.inputs.batches
-        # Untimed, a fifth of the slice and at least one call: the other cells' turns left the caches to
-        # their models and their thread pools still spinning; the first timed calls after a single untimed
-        # one ran 3-26% slower than the slice's median (docs/measurements.md).
-        lead_until, n = time.perf_counter() + LEAD_SHARE * seconds, 0
-        while True:
-            self.predict(batches[(len(self.samples) + n) % len(batches)])
-            n += 1
-            if time.perf_counter() >= lead_until:
-                break
+        # Untimed: the other cells' turns left the caches to their models.
+        self.predict(batches[len(self.samples) % len(batches)])
         first, started = len(self.samples), time.time()
         busy0, own0, t0 = busy_seconds(self.cpus), own_cpu_seconds(), time.perf_counter()
         cap = self.spec.max_iterations
