@@ -66,7 +66,7 @@ backend = "torch"
 
 [runners.ort-cpu]
 backend = "onnxruntime"
-params = { threads = 1 }
+params = { threads = 1, force_spinning_stop = true }
 
 [runners.null]
 backend = "null"

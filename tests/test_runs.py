@@ -66,6 +66,8 @@ def test_int8_variant_is_measured_scored_and_judged(work):
     for r in results:
         assert r.status == "ok", r.reason
         assert r.cell.precision == "int8" and r.threads == 1 and r.runner_options["intra_op_threads"] == 1
+        # Read back from the session: threads spin within a run and stop when it returns.
+        assert r.runner_options["allow_spinning"] is True and r.runner_options["force_spinning_stop"] is True
         assert r.latency.p50 > 0 and len(r.latency.samples) >= 3 and r.latency.p50 <= r.latency.p99
         assert r.quality.examples == 200 and 0 <= r.quality.macro_f1 <= 1
         assert len(r.quality.confusion) == 9 and sum(map(sum, r.quality.confusion)) == 200

@@ -34,6 +34,10 @@ class OrtParams:
     provider: Literal["cpu", "cuda", "tensorrt"] = "cpu"
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     allow_spinning: bool = True
+    # Stop the intra-op threads spinning as soon as a run returns (spinning within a run is kept). Without
+    # it a process keeps two threads spinning after its interleaved turn and slows the next cell's first
+    # calls by 1.3x (docs/measurements.md).
+    force_spinning_stop: bool = False
     execution_mode: Literal["sequential", "parallel"] = "sequential"
     threads: int = 0
     io_binding: bool = True  # CUDA/TensorRT providers only: bind inputs/outputs by name (IOBinding)
@@ -191,6 +195,7 @@ def load(request: LoadRequest) -> OrtSession:
         ort.ExecutionMode.ORT_PARALLEL if p.execution_mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
     )
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if p.allow_spinning else "0")
+    so.add_session_config_entry("session.force_spinning_stop", "1" if p.force_spinning_stop else "0")
     session = create_session(ort, request.path / (request.manifest.entry or "model.onnx"), so, providers)
     used = session.get_providers()[0]
     return OrtSession(
@@ -202,7 +207,9 @@ def load(request: LoadRequest) -> OrtSession:
                                  if k in _RECORDED_OPTIONS},
             "effective_precision": effective,
             "graph_optimization": p.graph_optimization,
-            "allow_spinning": p.allow_spinning,
+            # As the session holds them (read back), not as asked.
+            "allow_spinning": _config(session, "session.intra_op.allow_spinning") == "1",
+            "force_spinning_stop": _config(session, "session.force_spinning_stop") == "1",
             "execution_mode": p.execution_mode,
             "intra_op_threads": request.threads,
             "inter_op_threads": 1,
@@ -210,6 +217,14 @@ def load(request: LoadRequest) -> OrtSession:
             "io_binding": p.io_binding and p.provider != "cpu",
         },
     )  # fmt: skip
+
+
+def _config(session: Any, key: str) -> str:
+    """A session config entry as the session holds it ("" when unset)."""
+    try:
+        return str(session.get_session_options().get_session_config_entry(key))
+    except Exception:  # onnxruntime raises its own error types for an unset key
+        return ""
 
 
 # Provider options worth keeping in a result: those that change what is computed or cached.
