@@ -35,8 +35,8 @@ class OrtParams:
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     allow_spinning: bool = True
     # Stop the intra-op threads spinning as soon as a run returns (spinning within a run is kept). Without
-    # it a process keeps two threads spinning after its interleaved turn and slows the next cell's first
-    # calls by 1.3x (docs/measurements.md).
+    # it, two processes taking turns slowed each other's first calls after a hand-over by 1.3x; with it,
+    # not (docs/measurements.md). Off by default, as in ONNX Runtime.
     force_spinning_stop: bool = False
     execution_mode: Literal["sequential", "parallel"] = "sequential"
     threads: int = 0
