@@ -238,19 +238,15 @@ def analysis_lines(run_dir: Path) -> list[str]:
 
 
 def print_comparison(base_dir: Path, other_dir: Path, base: str, other: str) -> None:
-    """`quantmatrix compare` of the two runs measured side by side (paired by round where they shared turns)."""
-    from quantmatrix.compare import Gate, compare_cells, render
+    """`python -m quantmatrix compare` of the two runs measured side by side (paired by round), no gates."""
+    from quantmatrix.__main__ import compare
     from quantmatrix.errors import QuantmatrixError
-    from quantmatrix.summary import load_results, summarise
 
-    results, _ = load_results(list(dict.fromkeys([base_dir, other_dir])))
-    try:
-        changes = compare_cells(results, summarise(results), base, other)
-    except QuantmatrixError as e:
-        print(f"\nno comparison of {other} with {base}: {e}")
-        return
     print(f"\n{other} against {base}, measured side by side:")
-    print("\n".join(render(changes, base, other, Gate())))
+    try:
+        compare(list(dict.fromkeys([base_dir, other_dir])), base, other, tolerance=0.10)
+    except QuantmatrixError as e:
+        print(f"no comparison of {other} with {base}: {e}")
 
 
 def missing_cells(p: Plan, matrix: Matrix, measure: MeasureSpec, results: list[Result]) -> list[str]:

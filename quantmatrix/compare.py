@@ -134,8 +134,7 @@ def compare_cells(
             interval = ratio_ci(sb, sa)
             # Paired (side by side): the interval's own estimate, the median over turn groups of each
             # group's ratio; otherwise the ratio of the two runs' p50s, which the unpaired CI is about.
-            paired = interval is not None and interval.method.startswith("paired")
-            ratio = interval.value if paired and interval else b.p50_ms / a.p50_ms
+            ratio = interval.value if interval is not None and interval.paired else b.p50_ms / a.p50_ms
             out.append(CellChange(key, a, b, ratio, interval, change_test(sa, sb)))
             continue
         if a.fp32_baseline or b.fp32_baseline:

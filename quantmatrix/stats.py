@@ -73,6 +73,11 @@ class Interval:
     def covers(self, x: float) -> bool:
         return self.low <= x <= self.high
 
+    @property
+    def paired(self) -> bool:
+        """Both sides were resampled by shared rounds (measured side by side)."""
+        return self.method.startswith("paired")
+
     def describe(self, spec: str = ".2f", suffix: str = "") -> str:
         return (
             f"{self.value:{spec}}{suffix} [{self.low:{spec}}, {self.high:{spec}}] ({self.level:.0%} CI, {self.method})"

@@ -223,7 +223,7 @@ def summarise(results: list[Result], samples: SampleSource = None) -> list[CellS
             if speedup and base_ident and mine is not None
             else None
         )
-        if speedup_ci is not None and speedup_ci.method.startswith("paired"):
+        if speedup_ci is not None and speedup_ci.paired:
             # Measured side by side: the median over repeats (turn groups) of each one's speed-up, which
             # the paired CI is about; a round whose processes all ran slow cancels within it.
             speedup = speedup_ci.value

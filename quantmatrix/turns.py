@@ -102,7 +102,6 @@ class Coordinator:
         max_rounds: int = 1000,
         min_rounds: int = 1,
         turn_timeout: float = 300.0,
-        group: str | None = None,
     ) -> None:
         if len(set(participants)) != len(participants):
             raise TurnsError(f"participant names must be unique: {list(participants)}")
@@ -110,7 +109,7 @@ class Coordinator:
         if bad:
             raise TurnsError(f"participant names must be non-empty, without spaces or '/': {bad}")
         self.dir = directory
-        self.group = group or uuid.uuid4().hex[:16]
+        self.group = uuid.uuid4().hex[:16]  # this coordinator's turns, as results record them
         self.names = list(participants)
         self.rng = random.Random(seed)
         self.max_rounds, self.min_rounds, self.turn_timeout = max_rounds, min_rounds, turn_timeout
