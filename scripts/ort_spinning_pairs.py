@@ -2,7 +2,8 @@
 
 python scripts/ort_spinning_pairs.py MODEL.onnx [--setting default|forcestop|nospin|noarena] [--launches 8]
 
-Each launch forks two identical processes holding MODEL with the ort-cpu runner's session options.
+Each launch forks two identical processes holding MODEL with the ONNX Runtime runner's session options
+(runners.backends.onnxruntime.session_options, 2 threads; run from the repository root).
 They take turns in 0.1 s bursts, in random order, for --rounds rounds. Printed per launch: the
 paired ratio A/B (median over rounds of the two burst medians' ratio) and the sd of its log over
 rounds. The two processes are identical, so a ratio off 1 or a wide sd means one's turn disturbs
@@ -26,11 +27,10 @@ BURST_S = 0.1
 def _worker(model: str, setting: str, length: int, rd: int, wr: int) -> None:
     import onnxruntime as ort
 
-    o = ort.SessionOptions()
-    o.intra_op_num_threads, o.inter_op_num_threads = 2, 1
-    o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    o.add_session_config_entry("session.intra_op.allow_spinning", "0" if setting == "nospin" else "1")
-    o.add_session_config_entry("session.force_spinning_stop", "1" if setting == "forcestop" else "0")
+    from runners.backends.onnxruntime import OrtParams, session_options
+
+    params = OrtParams(allow_spinning=setting != "nospin", force_spinning_stop=setting == "forcestop")
+    o = session_options(ort, params, threads=2)
     o.enable_cpu_mem_arena = setting != "noarena"
     session = ort.InferenceSession(model, o, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)

@@ -187,15 +187,7 @@ def load(request: LoadRequest) -> OrtSession:
         raise Skip(str(e)) from None
     if p.provider == "tensorrt":
         Path(cache).mkdir(parents=True, exist_ok=True)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = request.threads
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[p.graph_optimization])
-    so.execution_mode = (
-        ort.ExecutionMode.ORT_PARALLEL if p.execution_mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
-    )
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if p.allow_spinning else "0")
-    so.add_session_config_entry("session.force_spinning_stop", "1" if p.force_spinning_stop else "0")
+    so = session_options(ort, p, request.threads)
     session = create_session(ort, request.path / (request.manifest.entry or "model.onnx"), so, providers)
     used = session.get_providers()[0]
     return OrtSession(
@@ -217,6 +209,21 @@ def load(request: LoadRequest) -> OrtSession:
             "io_binding": p.io_binding and p.provider != "cpu",
         },
     )  # fmt: skip
+
+
+def session_options(ort: Any, p: OrtParams, threads: int) -> Any:
+    """The runner's SessionOptions: threads, graph optimisation, execution mode and spinning from `p`
+    (also used by scripts/ort_spinning_pairs.py, so its experiment runs what the runner runs)."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[p.graph_optimization])
+    so.execution_mode = (
+        ort.ExecutionMode.ORT_PARALLEL if p.execution_mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
+    )
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if p.allow_spinning else "0")
+    so.add_session_config_entry("session.force_spinning_stop", "1" if p.force_spinning_stop else "0")
+    return so
 
 
 def _config(session: Any, key: str) -> str:
